@@ -1,3 +1,57 @@
-"""vidiff: video diffusion that loads diffusers checkpoints and reproduces their frames."""
+"""vidiff: video diffusion that loads diffusers checkpoints and reproduces their frames.
+
+The whole public API is importable from here (``from vidiff import TextToVideoSDPipeline``). Names resolve
+lazily on first use, so ``import vidiff`` (and the CLI's ``--help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # pipelines
+    "DiffusionPipeline": "pipelines.base",
+    "TextToVideoSDPipeline": "pipelines.text_to_video_synthesis",
+    "VideoToVideoSDPipeline": "pipelines.text_to_video_synthesis",
+    "TextToVideoSDPipelineOutput": "pipelines.text_to_video_synthesis",
+    "VideoPipelineOutput": "pipelines.video_io",
+    "NonFiniteError": "pipelines.base",
+    # models
+    "ModelMixin": "models.modeling",
+    "AutoencoderKL": "models.autoencoder_kl",
+    "UNet3DConditionModel": "models.unet_3d_condition",
+    # schedulers
+    "SchedulerMixin": "schedulers",
+    "DDIMScheduler": "schedulers",
+    "DDPMScheduler": "schedulers",
+    "DPMSolverMultistepScheduler": "schedulers",
+    "EulerDiscreteScheduler": "schedulers",
+    # attention processors
+    "AttnProcessor": "layers.attention",
+    "AttnProcessor2_0": "layers.attention",
+    # media helpers (also under vidiff.utils, as diffusers.utils has them)
+    "load_image": "media",
+    "load_video": "media",
+    "export_to_video": "media",
+    "export_to_gif": "media",
+    # config
+    "ConfigMixin": "configuration",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vidiff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

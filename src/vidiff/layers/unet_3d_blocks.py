@@ -1,0 +1,459 @@
+"""ModelScope-style 3-D UNet blocks: 2-D resnets and transformers on folded frames, interleaved with temporal layers.
+
+Every layer of a block is ``resnets[i] -> temp_convs[i] (-> attentions[i] -> temp_attentions[i])`` on
+``(b f) c h w`` tensors; keys match the reference (``resnets``, ``temp_convs``, ``attentions``,
+``temp_attentions``, ``downsamplers``, ``upsamplers``). FreeU helpers live here too (``apply_freeu``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .resnets import Downsample2D, ResnetBlock2D, Upsample2D
+from .temporal import TemporalConvLayer
+from .transformers import Transformer2DModel, TransformerTemporalModel
+
+# ---------------------------------------------------------------------------------------------- FreeU
+
+
+def fourier_filter(x_in: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """Scale the lowest spatial frequencies (a 2*threshold square around DC) of a b c h w map by ``scale``."""
+    x = x_in.to(torch.float32)  # FFT in float32 whatever the input dtype, as the reference does
+    freq = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
+    h, w = freq.shape[-2:]
+    mask = torch.ones((h, w), device=x.device)
+    crow, ccol = h // 2, w // 2
+    mask[crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x_in.dtype)
+
+
+def apply_freeu(
+    resolution_idx: int | None, hidden_states: torch.Tensor, res_hidden_states: torch.Tensor, s1: float, s2: float, b1: float, b2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FreeU (arXiv 2309.11497) on the first two up stages: amplify half the backbone channels, damp skip low frequencies."""
+    if resolution_idx not in (0, 1):
+        return hidden_states, res_hidden_states
+    b, s = (b1, s1) if resolution_idx == 0 else (b2, s2)
+    half = hidden_states.shape[1] // 2
+    hidden_states = torch.cat([hidden_states[:, :half] * b, hidden_states[:, half:]], dim=1)
+    return hidden_states, fourier_filter(res_hidden_states, threshold=1, scale=s)
+
+
+class FreeUMixin:
+    """``enable_freeu`` / ``disable_freeu`` for a UNet whose ``up_blocks`` read ``s1, s2, b1, b2``."""
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """s1, s2 damp the skip features of up stages 1 and 2; b1, b2 amplify their backbone features."""
+        for block in self.up_blocks:  # type: ignore[attr-defined]
+            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
+
+    def disable_freeu(self) -> None:
+        for block in self.up_blocks:  # type: ignore[attr-defined]
+            block.s1 = block.s2 = block.b1 = block.b2 = None
+
+
+# ---------------------------------------------------------------------------------------------- shared body
+
+
+class _Block3D(nn.Module):
+    """Holds the per-layer module lists and runs one layer; subclasses only say which channels go where."""
+
+    has_cross_attention = False
+
+    def _build_layers(
+        self, channels: list[tuple[int, int]], temb_channels: int, resnet: dict[str, Any], attention: dict[str, Any] | None
+    ) -> None:
+        groups = resnet["groups"]
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb_channels, **resnet) for cin, cout in channels
+        )
+        self.temp_convs = nn.ModuleList(TemporalConvLayer(c, c, dropout=0.1, norm_num_groups=groups) for _, c in channels)
+        if attention is not None:
+            self.has_cross_attention = True
+            self.num_attention_heads = attention["heads"]
+            c, count = channels[-1][1], attention.pop("count")  # every attended layer has the block's width
+            self.attentions = nn.ModuleList(_spatial_transformer(c, groups, **attention) for _ in range(count))
+            self.temp_attentions = nn.ModuleList(
+                _temporal_transformer(c, groups, attention["heads"], attention["cross_attention_dim"]) for _ in range(count)
+            )
+
+    def _resnet_step(self, i: int, hidden_states, temb, num_frames: int) -> torch.Tensor:
+        hidden_states = self.resnets[i](hidden_states, temb)
+        return self.temp_convs[i](hidden_states, num_frames=num_frames)
+
+    def _attention_step(self, i: int, hidden_states, encoder_hidden_states, num_frames: int, cross_attention_kwargs):
+        hidden_states = self.attentions[i](
+            hidden_states, encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
+        )[0]
+        return self.temp_attentions[i](hidden_states, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+    def _layer(self, i, hidden_states, temb, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
+        hidden_states = self._resnet_step(i, hidden_states, temb, num_frames)
+        if self.has_cross_attention:
+            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames, cross_attention_kwargs)
+        return hidden_states
+
+
+def _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor):
+    return dict(
+        eps=resnet_eps, groups=resnet_groups, dropout=dropout, time_embedding_norm=resnet_time_scale_shift,
+        non_linearity=resnet_act_fn, output_scale_factor=output_scale_factor, pre_norm=resnet_pre_norm,
+    )  # fmt: skip
+
+
+def _spatial_transformer(channels, groups, *, heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention):
+    # ``heads`` is the per-head width here (the config's historical ``attention_head_dim``), as in the reference.
+    return Transformer2DModel(
+        channels // heads, heads, in_channels=channels, num_layers=1, cross_attention_dim=cross_attention_dim,
+        norm_num_groups=groups, use_linear_projection=use_linear_projection,
+        only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
+    )  # fmt: skip
+
+
+def _temporal_transformer(channels, groups, heads, cross_attention_dim):
+    return TransformerTemporalModel(
+        channels // heads, heads, in_channels=channels, num_layers=1, cross_attention_dim=cross_attention_dim, norm_num_groups=groups
+    )
+
+
+def _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, count):
+    return dict(
+        heads=num_attention_heads, cross_attention_dim=cross_attention_dim, use_linear_projection=use_linear_projection,
+        only_cross_attention=only_cross_attention, upcast_attention=upcast_attention, count=count,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- down
+
+
+class _DownBlock3DBase(_Block3D):
+    def _build_down(self, in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_downsample, padding):
+        channels = [(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
+        self._build_layers(channels, temb_channels, resnet, attention)
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=padding, name="op")])
+            if add_downsample
+            else None
+        )
+        self.gradient_checkpointing = False
+
+    def _run_down(self, hidden_states, temb, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
+        output_states: tuple[torch.Tensor, ...] = ()
+        for i in range(len(self.resnets)):
+            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+            output_states += (hidden_states,)
+        if self.downsamplers is not None:
+            for downsampler in self.downsamplers:
+                hidden_states = downsampler(hidden_states)
+            output_states += (hidden_states,)
+        return hidden_states, output_states
+
+
+class DownBlock3D(_DownBlock3DBase):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_groups: int = 32,
+        resnet_pre_norm: bool = True,
+        output_scale_factor: float = 1.0,
+        add_downsample: bool = True,
+        downsample_padding: int = 1,
+    ):
+        super().__init__()
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, None, add_downsample, downsample_padding)
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, num_frames: int = 1):
+        return self._run_down(hidden_states, temb, num_frames)
+
+
+class CrossAttnDownBlock3D(_DownBlock3DBase):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_groups: int = 32,
+        resnet_pre_norm: bool = True,
+        num_attention_heads: int = 1,
+        cross_attention_dim: int = 1280,
+        output_scale_factor: float = 1.0,
+        downsample_padding: int = 1,
+        add_downsample: bool = True,
+        dual_cross_attention: bool = False,
+        use_linear_projection: bool = False,
+        only_cross_attention: bool = False,
+        upcast_attention: bool = False,
+    ):
+        super().__init__()
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, num_layers)
+        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_downsample, downsample_padding)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,  # accepted and unused, as in the reference
+        num_frames: int = 1,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ):
+        return self._run_down(hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- mid
+
+
+class UNetMidBlock3DCrossAttn(_Block3D):
+    """resnet -> temp_conv, then ``num_layers`` x (attention -> temporal attention -> resnet -> temp_conv)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        temb_channels: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_groups: int = 32,
+        resnet_pre_norm: bool = True,
+        num_attention_heads: int = 1,
+        output_scale_factor: float = 1.0,
+        cross_attention_dim: int = 1280,
+        dual_cross_attention: bool = False,
+        use_linear_projection: bool = True,
+        upcast_attention: bool = False,
+    ):
+        super().__init__()
+        resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, False, upcast_attention, num_layers)
+        self._build_layers([(in_channels, in_channels)] * (num_layers + 1), temb_channels, resnet, attention)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,  # accepted and unused, as in the reference
+        num_frames: int = 1,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self._resnet_step(0, hidden_states, temb, num_frames)
+        for i in range(len(self.attentions)):
+            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames, cross_attention_kwargs)
+            hidden_states = self._resnet_step(i + 1, hidden_states, temb, num_frames)
+        return hidden_states
+
+
+# ---------------------------------------------------------------------------------------------- up
+
+
+class _UpBlock3DBase(_Block3D):
+    def _build_up(self, in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, attention, add_upsample, resolution_idx):
+        channels = []
+        for i in range(num_layers):
+            skip = in_channels if i == num_layers - 1 else out_channels
+            channels.append(((prev_output_channel if i == 0 else out_channels) + skip, out_channels))
+        self._build_layers(channels, temb_channels, resnet, attention)
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
+        self.gradient_checkpointing = False
+        self.resolution_idx = resolution_idx
+        self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors, set by the UNet's enable_freeu
+
+    def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
+        freeu = self.s1 and self.s2 and self.b1 and self.b2
+        for i in range(len(self.resnets)):
+            res_hidden_states = res_hidden_states_tuple[-1]  # pop the matching skip
+            res_hidden_states_tuple = res_hidden_states_tuple[:-1]
+            if freeu:
+                hidden_states, res_hidden_states = apply_freeu(
+                    self.resolution_idx, hidden_states, res_hidden_states, s1=self.s1, s2=self.s2, b1=self.b1, b2=self.b2
+                )
+            hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)  # (b f) (c+skip) h w
+            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+        if self.upsamplers is not None:
+            for upsampler in self.upsamplers:
+                hidden_states = upsampler(hidden_states, upsample_size)
+        return hidden_states
+
+
+class UpBlock3D(_UpBlock3DBase):
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        temb_channels: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_groups: int = 32,
+        resnet_pre_norm: bool = True,
+        output_scale_factor: float = 1.0,
+        add_upsample: bool = True,
+        resolution_idx: int | None = None,
+    ):
+        super().__init__()
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, None, add_upsample, resolution_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        res_hidden_states_tuple: tuple[torch.Tensor, ...],
+        temb: torch.Tensor | None = None,
+        upsample_size: int | None = None,
+        num_frames: int = 1,
+    ) -> torch.Tensor:
+        return self._run_up(hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames)
+
+
+class CrossAttnUpBlock3D(_UpBlock3DBase):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        prev_output_channel: int,
+        temb_channels: int,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_groups: int = 32,
+        resnet_pre_norm: bool = True,
+        num_attention_heads: int = 1,
+        cross_attention_dim: int = 1280,
+        output_scale_factor: float = 1.0,
+        add_upsample: bool = True,
+        dual_cross_attention: bool = False,
+        use_linear_projection: bool = False,
+        only_cross_attention: bool = False,
+        upcast_attention: bool = False,
+        resolution_idx: int | None = None,
+    ):
+        super().__init__()
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, num_layers)
+        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, attention, add_upsample, resolution_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        res_hidden_states_tuple: tuple[torch.Tensor, ...],
+        temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        upsample_size: int | None = None,
+        attention_mask: torch.Tensor | None = None,  # accepted and unused, as in the reference
+        num_frames: int = 1,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        return self._run_up(hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames, encoder_hidden_states, cross_attention_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- factories
+
+_DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
+_UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": CrossAttnUpBlock3D}
+
+
+def _check_block_type(kind: str, block_type: str, known: dict, cross_attention_dim) -> None:
+    if block_type not in known:
+        raise ValueError(f"unknown {kind} block type {block_type!r}; the 3-D UNet supports {sorted(known)}")
+    if block_type.startswith("CrossAttn") and cross_attention_dim is None:
+        raise ValueError(f"cross_attention_dim must be specified for {block_type}")
+
+
+def get_down_block(
+    down_block_type: str,
+    num_layers: int,
+    in_channels: int,
+    out_channels: int,
+    temb_channels: int,
+    add_downsample: bool,
+    resnet_eps: float,
+    resnet_act_fn: str,
+    num_attention_heads: int,
+    resnet_groups: int | None = None,
+    cross_attention_dim: int | None = None,
+    downsample_padding: int | None = None,
+    dual_cross_attention: bool = False,
+    use_linear_projection: bool = True,
+    only_cross_attention: bool = False,
+    upcast_attention: bool = False,
+    resnet_time_scale_shift: str = "default",
+    dropout: float = 0.0,
+    **_temporal_options: Any,
+) -> DownBlock3D | CrossAttnDownBlock3D:
+    """Build a down block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
+    _check_block_type("down", down_block_type, _DOWN_BLOCKS, cross_attention_dim)
+    kwargs: dict[str, Any] = dict(
+        num_layers=num_layers, in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels,
+        add_downsample=add_downsample, resnet_eps=resnet_eps, resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,
+        downsample_padding=downsample_padding, resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout,
+    )  # fmt: skip
+    if down_block_type == "CrossAttnDownBlock3D":
+        kwargs.update(
+            cross_attention_dim=cross_attention_dim, num_attention_heads=num_attention_heads, dual_cross_attention=dual_cross_attention,
+            use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
+        )  # fmt: skip
+    return _DOWN_BLOCKS[down_block_type](**kwargs)
+
+
+def get_up_block(
+    up_block_type: str,
+    num_layers: int,
+    in_channels: int,
+    out_channels: int,
+    prev_output_channel: int,
+    temb_channels: int,
+    add_upsample: bool,
+    resnet_eps: float,
+    resnet_act_fn: str,
+    num_attention_heads: int,
+    resolution_idx: int | None = None,
+    resnet_groups: int | None = None,
+    cross_attention_dim: int | None = None,
+    dual_cross_attention: bool = False,
+    use_linear_projection: bool = True,
+    only_cross_attention: bool = False,
+    upcast_attention: bool = False,
+    resnet_time_scale_shift: str = "default",
+    dropout: float = 0.0,
+    **_temporal_options: Any,
+) -> UpBlock3D | CrossAttnUpBlock3D:
+    """Build an up block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
+    _check_block_type("up", up_block_type, _UP_BLOCKS, cross_attention_dim)
+    kwargs: dict[str, Any] = dict(
+        num_layers=num_layers, in_channels=in_channels, out_channels=out_channels, prev_output_channel=prev_output_channel,
+        temb_channels=temb_channels, add_upsample=add_upsample, resnet_eps=resnet_eps, resnet_act_fn=resnet_act_fn,
+        resnet_groups=resnet_groups, resnet_time_scale_shift=resnet_time_scale_shift, resolution_idx=resolution_idx,
+        dropout=dropout,
+    )  # fmt: skip
+    if up_block_type == "CrossAttnUpBlock3D":
+        kwargs.update(
+            cross_attention_dim=cross_attention_dim, num_attention_heads=num_attention_heads, dual_cross_attention=dual_cross_attention,
+            use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
+        )  # fmt: skip
+    return _UP_BLOCKS[up_block_type](**kwargs)

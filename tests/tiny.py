@@ -1,0 +1,96 @@
+"""Tiny random components built with the reference (diffusers) and saved to folders, for parity tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_clip_tokenizer(folder: Path, model_max_length: int = 77, merges: tuple[str, ...] = ("t h", "th e</w>", "a n", "o n</w>")) -> Path:
+    """A byte-level CLIP tokenizer (every byte a token, with and without </w>, plus a few merges)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tok in ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(tok, len(vocab))
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "model_max_length": model_max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer",
+    }))
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+    }))
+    return folder
+
+
+def clip_tokenizer(tmp: Path, model_max_length: int = 77):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp) / "tok", model_max_length))
+
+
+def clip_text_encoder(seed: int = 0, hidden_size: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden_size, intermediate_size=37,
+                         layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=3, vocab_size=600,
+                         hidden_act="gelu", projection_dim=32, max_position_embeddings=77)
+    return CLIPTextModel(cfg).eval()
+
+
+def ref_unet3d(seed: int = 0, **overrides):
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+                  down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                  cross_attention_dim=32, attention_head_dim=4, norm_num_groups=2)
+    kwargs.update(overrides)
+    return UNet3DConditionModel(**kwargs).eval()
+
+
+def ref_vae(seed: int = 0, **overrides):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, sample_size=32, norm_num_groups=2)
+    kwargs.update(overrides)
+    return AutoencoderKL(**kwargs).eval()
+
+
+def ref_t2v_pipeline(tmp: Path, scheduler=None, seed: int = 0):
+    """A reference TextToVideoSDPipeline of tiny random components (VAE scale factor 2)."""
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline
+
+    scheduler = scheduler or DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           clip_sample=False, set_alpha_to_one=False)
+    pipe = TextToVideoSDPipeline(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp),
+                                 unet=ref_unet3d(seed), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_ref_pipeline(pipe, folder: Path) -> Path:
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
