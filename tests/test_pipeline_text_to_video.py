@@ -170,7 +170,8 @@ def test_video_to_video_from_pil_frames(folder):
 
 
 BAD_T2V = [
-    (dict(height=20), "multiple of"),
+    (dict(height=17), "multiple of"),
+    (dict(height=-16), "multiple of"),
     (dict(width=0), "multiple of"),
     (dict(num_frames=0), "num_frames"),
     (dict(num_inference_steps=0), "num_inference_steps"),

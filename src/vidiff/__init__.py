@@ -23,6 +23,11 @@ _EXPORTS: dict[str, str] = {
     "ModelMixin": "models.modeling",
     "AutoencoderKL": "models.autoencoder_kl",
     "UNet3DConditionModel": "models.unet_3d_condition",
+    "UNet2DConditionModel": "models.unet_2d_condition",
+    "UNetMotionModel": "models.unet_motion",
+    "MotionAdapter": "models.unet_motion",
+    "UNetSpatioTemporalConditionModel": "models.unet_spatio_temporal",
+    "AutoencoderKLTemporalDecoder": "models.autoencoder_kl_temporal_decoder",
     # schedulers
     "SchedulerMixin": "schedulers",
     "DDIMScheduler": "schedulers",

@@ -85,7 +85,9 @@ class FeedForward(nn.Module):
             raise ValueError(f"FeedForward activation_fn {activation_fn!r} is not supported; use one of {sorted(_FF_ACTIVATIONS)}")
         inner_dim = int(dim * mult) if inner_dim is None else inner_dim
         dim_out = dim_out if dim_out is not None else dim
-        layers = [_FF_ACTIVATIONS[activation_fn](dim, inner_dim, bias), nn.Dropout(dropout), nn.Linear(inner_dim, dim_out, bias=bias)]
+        layers = [
+            _FF_ACTIVATIONS[activation_fn](dim, inner_dim, bias), nn.Dropout(dropout), nn.Linear(inner_dim, dim_out, bias=bias)
+        ]  # fmt: skip
         if final_dropout:
             layers.append(nn.Dropout(dropout))
         self.net = nn.ModuleList(layers)
@@ -214,7 +216,8 @@ class BasicTransformerBlock(nn.Module):
         # 1. self-attention (or cross-attention when only_cross_attention)                    b n d
         norm_hidden_states = self._maybe_pos_embed(self.norm1(hidden_states))
         context = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = _squeeze_heads(self.attn1(norm_hidden_states, encoder_hidden_states=context, attention_mask=attention_mask, **kwargs) + hidden_states)
+        attn_output = self.attn1(norm_hidden_states, encoder_hidden_states=context, attention_mask=attention_mask, **kwargs)
+        hidden_states = _squeeze_heads(attn_output + hidden_states)
 
         # 2. cross-attention (self-attention again when double_self_attention)
         if self.attn2 is not None:

@@ -32,9 +32,10 @@ def fourier_filter(x_in: torch.Tensor, threshold: int, scale: float) -> torch.Te
 
 
 def apply_freeu(
-    resolution_idx: int | None, hidden_states: torch.Tensor, res_hidden_states: torch.Tensor, s1: float, s2: float, b1: float, b2: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """FreeU (arXiv 2309.11497) on the first two up stages: amplify half the backbone channels, damp skip low frequencies."""
+    resolution_idx: int | None, hidden_states: torch.Tensor, res_hidden_states: torch.Tensor,
+    s1: float, s2: float, b1: float, b2: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """FreeU (arXiv 2309.11497) on up stages 0 and 1: amplify half the backbone channels, damp skip low frequencies."""
     if resolution_idx not in (0, 1):
         return hidden_states, res_hidden_states
     b, s = (b1, s1) if resolution_idx == 0 else (b2, s2)
@@ -47,7 +48,7 @@ class FreeUMixin:
     """``enable_freeu`` / ``disable_freeu`` for a UNet whose ``up_blocks`` read ``s1, s2, b1, b2``."""
 
     def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
-        """s1, s2 damp the skip features of up stages 1 and 2; b1, b2 amplify their backbone features."""
+        """s1, s2 damp the skip features of up stages 0 and 1; b1, b2 amplify their backbone features."""
         for block in self.up_blocks:  # type: ignore[attr-defined]
             block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
 
@@ -59,92 +60,88 @@ class FreeUMixin:
 # ---------------------------------------------------------------------------------------------- shared body
 
 
+def _resnet_kwargs(dropout, eps, time_scale_shift, act_fn, groups, pre_norm, output_scale_factor) -> dict[str, Any]:
+    return dict(
+        eps=eps, groups=groups, dropout=dropout, time_embedding_norm=time_scale_shift, non_linearity=act_fn,
+        output_scale_factor=output_scale_factor, pre_norm=pre_norm,
+    )  # fmt: skip
+
+
+def _attention_kwargs(heads, cross_attention_dim, linear, only_cross, upcast, count) -> dict[str, Any]:
+    # ``heads`` is the per-head width (the config's historical ``attention_head_dim``), as in the reference.
+    return dict(
+        heads=heads, cross_attention_dim=cross_attention_dim, use_linear_projection=linear,
+        only_cross_attention=only_cross, upcast_attention=upcast, count=count,
+    )  # fmt: skip
+
+
 class _Block3D(nn.Module):
     """Holds the per-layer module lists and runs one layer; subclasses only say which channels go where."""
 
     has_cross_attention = False
 
-    def _build_layers(
-        self, channels: list[tuple[int, int]], temb_channels: int, resnet: dict[str, Any], attention: dict[str, Any] | None
-    ) -> None:
+    def _build_layers(self, channels: list[tuple[int, int]], temb_channels: int, resnet: dict, attention: dict | None):
         groups = resnet["groups"]
         self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb_channels, **resnet) for cin, cout in channels
+            ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb_channels, **resnet)
+            for cin, cout in channels
         )
         self.temp_convs = nn.ModuleList(TemporalConvLayer(c, c, dropout=0.1, norm_num_groups=groups) for _, c in channels)
-        if attention is not None:
-            self.has_cross_attention = True
-            self.num_attention_heads = attention["heads"]
-            c, count = channels[-1][1], attention.pop("count")  # every attended layer has the block's width
-            self.attentions = nn.ModuleList(_spatial_transformer(c, groups, **attention) for _ in range(count))
-            self.temp_attentions = nn.ModuleList(
-                _temporal_transformer(c, groups, attention["heads"], attention["cross_attention_dim"]) for _ in range(count)
-            )
+        if attention is None:
+            return
+        self.has_cross_attention = True
+        self.num_attention_heads = heads = attention["heads"]
+        c, cross = channels[-1][1], attention["cross_attention_dim"]  # every attended layer has the block's width
+        self.attentions = nn.ModuleList(
+            Transformer2DModel(
+                c // heads, heads, in_channels=c, num_layers=1, cross_attention_dim=cross, norm_num_groups=groups,
+                use_linear_projection=attention["use_linear_projection"],
+                only_cross_attention=attention["only_cross_attention"], upcast_attention=attention["upcast_attention"],
+            )  # fmt: skip
+            for _ in range(attention["count"])
+        )
+        self.temp_attentions = nn.ModuleList(
+            TransformerTemporalModel(c // heads, heads, in_channels=c, num_layers=1, cross_attention_dim=cross,
+                                     norm_num_groups=groups)
+            for _ in range(attention["count"])
+        )
 
     def _resnet_step(self, i: int, hidden_states, temb, num_frames: int) -> torch.Tensor:
         hidden_states = self.resnets[i](hidden_states, temb)
         return self.temp_convs[i](hidden_states, num_frames=num_frames)
 
     def _attention_step(self, i: int, hidden_states, encoder_hidden_states, num_frames: int, cross_attention_kwargs):
-        hidden_states = self.attentions[i](
-            hidden_states, encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=cross_attention_kwargs, return_dict=False
-        )[0]
-        return self.temp_attentions[i](hidden_states, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+        kwargs = dict(cross_attention_kwargs=cross_attention_kwargs, return_dict=False)
+        hidden_states = self.attentions[i](hidden_states, encoder_hidden_states=encoder_hidden_states, **kwargs)[0]
+        return self.temp_attentions[i](hidden_states, num_frames=num_frames, **kwargs)[0]
 
-    def _layer(self, i, hidden_states, temb, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
+    def _layer(self, i, hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs):
         hidden_states = self._resnet_step(i, hidden_states, temb, num_frames)
         if self.has_cross_attention:
-            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames, cross_attention_kwargs)
+            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames,
+                                                 cross_attention_kwargs)
         return hidden_states
-
-
-def _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor):
-    return dict(
-        eps=resnet_eps, groups=resnet_groups, dropout=dropout, time_embedding_norm=resnet_time_scale_shift,
-        non_linearity=resnet_act_fn, output_scale_factor=output_scale_factor, pre_norm=resnet_pre_norm,
-    )  # fmt: skip
-
-
-def _spatial_transformer(channels, groups, *, heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention):
-    # ``heads`` is the per-head width here (the config's historical ``attention_head_dim``), as in the reference.
-    return Transformer2DModel(
-        channels // heads, heads, in_channels=channels, num_layers=1, cross_attention_dim=cross_attention_dim,
-        norm_num_groups=groups, use_linear_projection=use_linear_projection,
-        only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
-    )  # fmt: skip
-
-
-def _temporal_transformer(channels, groups, heads, cross_attention_dim):
-    return TransformerTemporalModel(
-        channels // heads, heads, in_channels=channels, num_layers=1, cross_attention_dim=cross_attention_dim, norm_num_groups=groups
-    )
-
-
-def _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, count):
-    return dict(
-        heads=num_attention_heads, cross_attention_dim=cross_attention_dim, use_linear_projection=use_linear_projection,
-        only_cross_attention=only_cross_attention, upcast_attention=upcast_attention, count=count,
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- down
 
 
 class _DownBlock3DBase(_Block3D):
-    def _build_down(self, in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_downsample, padding):
+    def _build_down(self, in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_down, padding):
         channels = [(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
         self._build_layers(channels, temb_channels, resnet, attention)
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=padding, name="op")])
-            if add_downsample
-            else None
-        )
+        self.downsamplers = None
+        if add_down:
+            self.downsamplers = nn.ModuleList(
+                [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=padding, name="op")]
+            )
         self.gradient_checkpointing = False
 
     def _run_down(self, hidden_states, temb, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
         output_states: tuple[torch.Tensor, ...] = ()
         for i in range(len(self.resnets)):
-            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states,
+                                        cross_attention_kwargs)
             output_states += (hidden_states,)
         if self.downsamplers is not None:
             for downsampler in self.downsamplers:
@@ -171,8 +168,10 @@ class DownBlock3D(_DownBlock3DBase):
         downsample_padding: int = 1,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, None, add_downsample, downsample_padding)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+                                resnet_pre_norm, output_scale_factor)
+        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, None, add_downsample,
+                         downsample_padding)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, num_frames: int = 1):
         return self._run_down(hidden_states, temb, num_frames)
@@ -202,9 +201,12 @@ class CrossAttnDownBlock3D(_DownBlock3DBase):
         upcast_attention: bool = False,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, num_layers)
-        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_downsample, downsample_padding)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+                                resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection,
+                                      only_cross_attention, upcast_attention, num_layers)
+        self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_downsample,
+                         downsample_padding)
 
     def forward(
         self,
@@ -244,8 +246,10 @@ class UNetMidBlock3DCrossAttn(_Block3D):
     ):
         super().__init__()
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, False, upcast_attention, num_layers)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+                                resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, False,
+                                      upcast_attention, num_layers)
         self._build_layers([(in_channels, in_channels)] * (num_layers + 1), temb_channels, resnet, attention)
 
     def forward(
@@ -259,7 +263,8 @@ class UNetMidBlock3DCrossAttn(_Block3D):
     ) -> torch.Tensor:
         hidden_states = self._resnet_step(0, hidden_states, temb, num_frames)
         for i in range(len(self.attentions)):
-            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames, cross_attention_kwargs)
+            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames,
+                                                 cross_attention_kwargs)
             hidden_states = self._resnet_step(i + 1, hidden_states, temb, num_frames)
         return hidden_states
 
@@ -268,28 +273,32 @@ class UNetMidBlock3DCrossAttn(_Block3D):
 
 
 class _UpBlock3DBase(_Block3D):
-    def _build_up(self, in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, attention, add_upsample, resolution_idx):
+    def _build_up(self, in_channels, prev_channels, out_channels, num_layers, temb_channels, resnet, attention,
+                  add_up, resolution_idx):
         channels = []
         for i in range(num_layers):
             skip = in_channels if i == num_layers - 1 else out_channels
-            channels.append(((prev_output_channel if i == 0 else out_channels) + skip, out_channels))
+            channels.append(((prev_channels if i == 0 else out_channels) + skip, out_channels))
         self._build_layers(channels, temb_channels, resnet, attention)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
+        self.upsamplers = None
+        if add_up:
+            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
         self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors, set by the UNet's enable_freeu
 
-    def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
+    def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames,
+                encoder_hidden_states=None, cross_attention_kwargs=None):
         freeu = self.s1 and self.s2 and self.b1 and self.b2
         for i in range(len(self.resnets)):
             res_hidden_states = res_hidden_states_tuple[-1]  # pop the matching skip
             res_hidden_states_tuple = res_hidden_states_tuple[:-1]
             if freeu:
-                hidden_states, res_hidden_states = apply_freeu(
-                    self.resolution_idx, hidden_states, res_hidden_states, s1=self.s1, s2=self.s2, b1=self.b1, b2=self.b2
-                )
+                hidden_states, res_hidden_states = apply_freeu(self.resolution_idx, hidden_states, res_hidden_states,
+                                                               self.s1, self.s2, self.b1, self.b2)
             hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)  # (b f) (c+skip) h w
-            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states,
+                                        cross_attention_kwargs)
         if self.upsamplers is not None:
             for upsampler in self.upsamplers:
                 hidden_states = upsampler(hidden_states, upsample_size)
@@ -315,8 +324,10 @@ class UpBlock3D(_UpBlock3DBase):
         resolution_idx: int | None = None,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, None, add_upsample, resolution_idx)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+                                resnet_pre_norm, output_scale_factor)
+        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, None,
+                       add_upsample, resolution_idx)
 
     def forward(
         self,
@@ -354,9 +365,12 @@ class CrossAttnUpBlock3D(_UpBlock3DBase):
         resolution_idx: int | None = None,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, only_cross_attention, upcast_attention, num_layers)
-        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, attention, add_upsample, resolution_idx)
+        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+                                resnet_pre_norm, output_scale_factor)
+        attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection,
+                                      only_cross_attention, upcast_attention, num_layers)
+        self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, attention,
+                       add_upsample, resolution_idx)
 
     def forward(
         self,
@@ -369,20 +383,26 @@ class CrossAttnUpBlock3D(_UpBlock3DBase):
         num_frames: int = 1,
         cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        return self._run_up(hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames, encoder_hidden_states, cross_attention_kwargs)
+        return self._run_up(hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames,
+                            encoder_hidden_states, cross_attention_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- factories
 
 _DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
 _UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": CrossAttnUpBlock3D}
+_ATTENTION_ARGS = ("cross_attention_dim", "num_attention_heads", "dual_cross_attention", "use_linear_projection",
+                   "only_cross_attention", "upcast_attention")
 
 
-def _check_block_type(kind: str, block_type: str, known: dict, cross_attention_dim) -> None:
+def _make_block(kind: str, block_type: str, known: dict, kwargs: dict[str, Any]) -> nn.Module:
     if block_type not in known:
         raise ValueError(f"unknown {kind} block type {block_type!r}; the 3-D UNet supports {sorted(known)}")
-    if block_type.startswith("CrossAttn") and cross_attention_dim is None:
+    if not block_type.startswith("CrossAttn"):
+        return known[block_type](**{k: v for k, v in kwargs.items() if k not in _ATTENTION_ARGS})
+    if kwargs["cross_attention_dim"] is None:
         raise ValueError(f"cross_attention_dim must be specified for {block_type}")
+    return known[block_type](**kwargs)
 
 
 def get_down_block(
@@ -404,21 +424,11 @@ def get_down_block(
     upcast_attention: bool = False,
     resnet_time_scale_shift: str = "default",
     dropout: float = 0.0,
-    **_temporal_options: Any,
+    **_spatio_temporal_options: Any,
 ) -> DownBlock3D | CrossAttnDownBlock3D:
-    """Build a down block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
-    _check_block_type("down", down_block_type, _DOWN_BLOCKS, cross_attention_dim)
-    kwargs: dict[str, Any] = dict(
-        num_layers=num_layers, in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels,
-        add_downsample=add_downsample, resnet_eps=resnet_eps, resnet_act_fn=resnet_act_fn, resnet_groups=resnet_groups,
-        downsample_padding=downsample_padding, resnet_time_scale_shift=resnet_time_scale_shift, dropout=dropout,
-    )  # fmt: skip
-    if down_block_type == "CrossAttnDownBlock3D":
-        kwargs.update(
-            cross_attention_dim=cross_attention_dim, num_attention_heads=num_attention_heads, dual_cross_attention=dual_cross_attention,
-            use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
-        )  # fmt: skip
-    return _DOWN_BLOCKS[down_block_type](**kwargs)
+    """A down block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
+    kwargs = {k: v for k, v in locals().items() if k not in ("down_block_type", "_spatio_temporal_options")}
+    return _make_block("down", down_block_type, _DOWN_BLOCKS, kwargs)
 
 
 def get_up_block(
@@ -441,19 +451,8 @@ def get_up_block(
     upcast_attention: bool = False,
     resnet_time_scale_shift: str = "default",
     dropout: float = 0.0,
-    **_temporal_options: Any,
+    **_spatio_temporal_options: Any,
 ) -> UpBlock3D | CrossAttnUpBlock3D:
-    """Build an up block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
-    _check_block_type("up", up_block_type, _UP_BLOCKS, cross_attention_dim)
-    kwargs: dict[str, Any] = dict(
-        num_layers=num_layers, in_channels=in_channels, out_channels=out_channels, prev_output_channel=prev_output_channel,
-        temb_channels=temb_channels, add_upsample=add_upsample, resnet_eps=resnet_eps, resnet_act_fn=resnet_act_fn,
-        resnet_groups=resnet_groups, resnet_time_scale_shift=resnet_time_scale_shift, resolution_idx=resolution_idx,
-        dropout=dropout,
-    )  # fmt: skip
-    if up_block_type == "CrossAttnUpBlock3D":
-        kwargs.update(
-            cross_attention_dim=cross_attention_dim, num_attention_heads=num_attention_heads, dual_cross_attention=dual_cross_attention,
-            use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention, upcast_attention=upcast_attention,
-        )  # fmt: skip
-    return _UP_BLOCKS[up_block_type](**kwargs)
+    """An up block by name, with the reference factory's defaults (note ``use_linear_projection=True``)."""
+    kwargs = {k: v for k, v in locals().items() if k not in ("up_block_type", "_spatio_temporal_options")}
+    return _make_block("up", up_block_type, _UP_BLOCKS, kwargs)

@@ -60,7 +60,7 @@ def _legacy_index_name(prefix: str, ext: str, variant: str) -> str:
     return f"{prefix}.{ext}.{variant}.index.json"
 
 
-def _shard_re(prefix: str, ext: str, variant: str | None, legacy: bool = False) -> re.Pattern:
+def shard_regex(prefix: str, ext: str, variant: str | None, legacy: bool = False) -> re.Pattern:
     p, e = re.escape(prefix), re.escape(ext)
     if legacy:
         return re.compile(rf"{p}{_SHARD}\.{re.escape(variant or '')}\.{e}")
@@ -80,15 +80,15 @@ def _find(names: set[str], prefix: str, ext: str, variant: str | None) -> list[s
     """Index + shards, legacy index + shards, or the single file, in diffusers' order of preference."""
     index = index_name(prefix, ext, variant)
     if index in names:
-        return [index] + sorted(n for n in names if _shard_re(prefix, ext, variant).fullmatch(n))
+        return [index] + sorted(n for n in names if shard_regex(prefix, ext, variant).fullmatch(n))
     if variant:
         legacy = _legacy_index_name(prefix, ext, variant)
         if legacy in names:
             logger.warning(
                 "%s uses the deprecated sharded-variant naming (%s); it loads, but re-saving with save_pretrained "
-                "writes the current naming.", legacy, _shard_re(prefix, ext, variant, legacy=True).pattern
+                "writes the current naming.", legacy, shard_regex(prefix, ext, variant, legacy=True).pattern
             )
-            return [legacy] + sorted(n for n in names if _shard_re(prefix, ext, variant, legacy=True).fullmatch(n))
+            return [legacy] + sorted(n for n in names if shard_regex(prefix, ext, variant, legacy=True).fullmatch(n))
     single = weights_name(prefix, ext, variant)
     return [single] if single in names else None
 

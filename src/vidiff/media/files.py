@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +80,7 @@ def fetch_bytes(url: str, what: str, timeout: float = DEFAULT_TIMEOUT) -> bytes:
 @contextlib.contextmanager
 def downloaded(url: str, what: str, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Path]:
     """Download ``url`` to a temporary file (keeping its suffix), yield its path, delete it afterwards."""
-    suffix = Path(urllib.request.url2pathname(url.split("?")[0].split("#")[0])).suffix
+    suffix = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).suffix
     fd, name = tempfile.mkstemp(prefix="vidiff-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as out, open_url(url, what, timeout) as response:
@@ -108,7 +109,8 @@ def output_path(path: str | os.PathLike | None, suffix: str, what: str) -> tuple
             f"{what}: cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist. Create it first."
         )
     if path.is_dir():
-        raise MediaError(f"{what}: {str(path)!r} is a directory; pass a file path such as {str(path / ('out' + suffix))!r}.")
+        example = str(path / f"out{suffix}")
+        raise MediaError(f"{what}: {str(path)!r} is a directory; pass a file path such as {example!r}.")
     return path, False
 
 

@@ -81,12 +81,15 @@ def _stack(items: Sequence, what: str) -> np.ndarray:
     arrays = [_frame_to_array(item, f"{what}[{i}]") for i, item in enumerate(items)]
     kinds = {a.dtype.kind for a in arrays}
     if len(kinds) > 1:
-        raise ValueError(f"{what}: frames mix dtypes ({sorted(str(a.dtype) for a in arrays)}); give all frames one type.")
+        dtypes = sorted({str(a.dtype) for a in arrays})
+        raise ValueError(f"{what}: frames mix dtypes {dtypes}; give all frames one type (all uint8 or all float).")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         first = arrays[0].shape
         odd = next(i for i, a in enumerate(arrays) if a.shape != first)
-        raise ValueError(f"{what}: all frames must have one size; frame 0 is {first}, frame {odd} is {arrays[odd].shape}.")
+        raise ValueError(
+            f"{what}: all frames must have one size; frame 0 is {first}, frame {odd} is {arrays[odd].shape}."
+        )
     return np.stack(arrays)
 
 
@@ -144,6 +147,11 @@ def quantize(array: np.ndarray, what: str = "frames") -> np.ndarray:
     1.02 -> 255 and -0.02 -> 0 (no wrap-around), 0.5 -> 128. The float dtype is kept for the arithmetic, so a
     float32 array gives the same bytes as diffusers' ``numpy_to_pil``.
     """
+    return (_clipped_unit_floats(array, what) * 255).round().astype(np.uint8)
+
+
+def _clipped_unit_floats(array: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels checked (finite, not far outside [0, 1]) and clipped to [0, 1]; float16 becomes float32."""
     check_finite(array, what)
     if array.dtype == np.float16:
         array = array.astype(np.float32)
@@ -152,14 +160,13 @@ def quantize(array: np.ndarray, what: str = "frames") -> np.ndarray:
             f"{what}: float pixels are expected in [0, 1], got values from {array.min():g} to {array.max():g}. "
             "For 0..255 values pass uint8 (x.astype(np.uint8)) or divide by 255; for [-1, 1] values use (x + 1) / 2."
         )
-    return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return np.clip(array, 0, 1)
 
 
 def _unit_float(array: np.ndarray, what: str) -> np.ndarray:
     """Pixels as float in [0, 1] (uint8 / integers divided by 255; floats checked and clipped)."""
     if array.dtype.kind == "f":
-        check_finite(array, what)
-        return np.clip(array.astype(np.float32) if array.dtype == np.float16 else array, 0, 1)
+        return _clipped_unit_floats(array, what)
     return _integers_to_uint8(array, what).astype(np.float32) / 255.0
 
 

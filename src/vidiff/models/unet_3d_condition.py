@@ -120,11 +120,6 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
             )  # fmt: skip
             for i, block_type in enumerate(cfg.down_block_types)
         )
-        self.mid_block = UNetMidBlock3DCrossAttn(
-            in_channels=channels[-1], temb_channels=time_embed_dim, resnet_eps=cfg.norm_eps, resnet_act_fn=cfg.act_fn,
-            output_scale_factor=cfg.mid_block_scale_factor, cross_attention_dim=cfg.cross_attention_dim,
-            num_attention_heads=cfg.attention_head_dim, resnet_groups=cfg.norm_num_groups, dual_cross_attention=False,
-        )  # fmt: skip
         self.num_upsamplers = len(channels) - 1
         rev = list(reversed(channels))
         self.up_blocks = nn.ModuleList(
@@ -134,6 +129,13 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
             )  # fmt: skip
             for i, block_type in enumerate(cfg.up_block_types)
         )
+
+        # built after up_blocks: the reference registers down, up, mid, which fixes state_dict/attn_processors order
+        self.mid_block = UNetMidBlock3DCrossAttn(
+            in_channels=channels[-1], temb_channels=time_embed_dim, resnet_eps=cfg.norm_eps, resnet_act_fn=cfg.act_fn,
+            output_scale_factor=cfg.mid_block_scale_factor, cross_attention_dim=cfg.cross_attention_dim,
+            num_attention_heads=cfg.attention_head_dim, resnet_groups=cfg.norm_num_groups, dual_cross_attention=False,
+        )  # fmt: skip
 
         self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = get_activation("silu")
@@ -233,7 +235,8 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
                 f"sample must be (batch, {cfg.in_channels}, frames, height, width), got shape {tuple(sample.shape)}; "
                 "video latents are channels-first with frames on axis 2."
             )
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != sample.shape[0] or encoder_hidden_states.shape[-1] != cfg.cross_attention_dim:
+        context = encoder_hidden_states
+        if context.ndim != 3 or context.shape[0] != sample.shape[0] or context.shape[-1] != cfg.cross_attention_dim:
             raise ValueError(
                 f"encoder_hidden_states must be (batch={sample.shape[0]}, sequence, {cfg.cross_attention_dim}), got shape "
                 f"{tuple(encoder_hidden_states.shape)}; pass one text embedding per video in the batch."

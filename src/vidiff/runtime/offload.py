@@ -34,9 +34,22 @@ def accelerator_device(gpu_id: int | None = None, device: torch.device | str | N
 class ModelOffloadHook:
     """A forward pre-hook that brings its module onto ``device`` and sends the previous one home."""
 
+    # entry points besides forward that pipelines call directly (the VAE's encode/decode)
+    ENTRY_METHODS = ("encode", "decode")
+
     def __init__(self, module: nn.Module, device: torch.device, previous: "ModelOffloadHook | None"):
         self.module, self.device, self.previous = module, device, previous
         self.handle = module.register_forward_pre_hook(self)
+        self.wrapped = [m for m in self.ENTRY_METHODS if callable(getattr(module, m, None))]
+        for name in self.wrapped:
+            setattr(module, name, self._onload_before(getattr(module, name)))
+
+    def _onload_before(self, method):
+        def call(*args, **kwargs):
+            self(self.module, args)
+            return method(*args, **kwargs)
+
+        return call
 
     def __call__(self, module: nn.Module, args) -> None:
         if self.previous is not None:
@@ -48,6 +61,8 @@ class ModelOffloadHook:
 
     def remove(self) -> None:
         self.handle.remove()
+        for name in self.wrapped:
+            self.module.__dict__.pop(name, None)
 
 
 def enable_model_cpu_offload(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..configuration import Config, ConfigError, ConfigMixin, read_json
+from ..configuration import Config, ConfigError, ConfigMixin
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ KARRAS_DIFFUSION_SCHEDULERS = (
 )  # fmt: skip
 
 # from_pretrained keyword arguments that locate the file rather than configure the scheduler.
-HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "force_download", "proxies", "user_agent")
+HUB_KWARGS = ("cache_dir", "revision", "local_files_only", "token", "force_download")
 
 
 @dataclasses.dataclass
@@ -89,13 +89,19 @@ def _explicit_values(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The keys a config really set: private keys and the ones that only hold a class default are dropped.
 
     Like the reference, defaults are not carried over, so ``B.from_config(a.config)`` keeps B's own
-    defaults for whatever A's config did not set.
+    defaults for whatever A's config did not set, while keys A does not use but its file set (A's
+    ``extra_keys``, e.g. ``clip_sample`` in an Euler config) are passed on.
     """
     if config is None:
         return {}
-    values = dict(config)
+    values = {**(getattr(config, "_extra_keys", None) or {}), **dict(config)}
     defaults = set(values.pop("_use_default_values", None) or ()) | set(getattr(config, "_use_default_values", None) or ())
     return {k: v for k, v in values.items() if k not in defaults and not k.startswith("_")}
+
+
+def extra_keys(config: Config) -> dict[str, Any]:
+    """Keys of the loaded config that this class does not use; kept, saved and passed on by ``from_config``."""
+    return dict(getattr(config, "_extra_keys", None) or {})
 
 
 class SchedulerMixin(ConfigMixin):
@@ -108,62 +114,63 @@ class SchedulerMixin(ConfigMixin):
     order: ClassVar[int] = 1
 
     def register_config(self, config: Config | Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Config:
-        """Store the config and note which keys hold only defaults (``config._use_default_values``)."""
+        """Store the config, noting which keys hold only defaults and which loaded keys this class ignores."""
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"{type(self).__name__}: config must be a {self.config_class.__name__} or a dict, got {type(config).__name__}")
         if isinstance(config, self.config_class) and not kwargs:
-            cfg, given = config, set(config) - set(getattr(config, "_use_default_values", ()))
+            cfg, given, extra = config, set(config) - set(getattr(config, "_use_default_values", ())), extra_keys(config)
         else:
             values = _explicit_values(config)
-            cfg = self.config_class.from_dict(values, strict=config is None, **kwargs)
+            fields = set(self.config_class._field_names())
+            extra = {k: v for k, v in values.items() if k not in fields}
+            if extra:
+                logger.debug("%s: keeping config keys it does not use: %s", type(self).__name__, sorted(extra))
+            cfg = self.config_class.from_dict({k: v for k, v in values.items() if k in fields}, strict=config is None, **kwargs)
             given = set(values) | set(kwargs)
-        object.__setattr__(cfg, "_use_default_values", tuple(sorted(set(cfg) - given)))
-        object.__setattr__(self, "_config", cfg)
+        self._set_config(cfg, defaults=set(cfg) - given, extra=extra)
         return cfg
+
+    def _set_config(self, cfg: Config, defaults: set[str], extra: Mapping[str, Any]) -> None:
+        object.__setattr__(cfg, "_use_default_values", tuple(sorted(defaults)))
+        object.__setattr__(cfg, "_extra_keys", dict(extra))
+        object.__setattr__(self, "_config", cfg)
 
     def register_to_config(self, **changes: Any) -> None:
         """Replace config values in place (the schedule tensors are not rebuilt, as in the reference)."""
-        defaults = set(getattr(self.config, "_use_default_values", ())) - set(changes)
-        cfg = self.config.replace(**changes)
-        object.__setattr__(cfg, "_use_default_values", tuple(sorted(defaults)))
-        object.__setattr__(self, "_config", cfg)
+        old = self.config
+        known = {k: v for k, v in changes.items() if k in old}
+        extra = {**extra_keys(old), **{k: v for k, v in changes.items() if k not in old}}
+        self._set_config(old.replace(**known), set(getattr(old, "_use_default_values", ())) - set(changes), extra)
+
+    def config_dict_for_saving(self) -> dict[str, Any]:
+        return {**extra_keys(self.config), **super().config_dict_for_saving()}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False, **overrides: Any):
         """Build from any scheduler's config (ours, a dict or the reference's FrozenDict) plus overrides.
 
-        Keys this class does not know are ignored, so the config of another scheduler works.
+        Keys this class does not use are kept aside (``extra_keys``) and passed on, as in the reference, so
+        the config of another scheduler works and round-trips.
         """
         if isinstance(config, (str, os.PathLike)):
             raise TypeError(f"{cls.__name__}.from_config takes a config mapping; to load {str(config)!r} use {cls.__name__}.from_pretrained(path, subfolder='scheduler')")
         values = _explicit_values(config)
         fields = set(cls.config_class._field_names())
         unused = {k: v for k, v in {**values, **overrides}.items() if k not in fields}
-        if unused:
-            logger.debug("%s.from_config: ignoring keys it does not use: %s", cls.__name__, sorted(unused))
-        obj = cls({k: v for k, v in values.items() if k in fields}, **{k: v for k, v in overrides.items() if k in fields})
+        if set(overrides) - fields:
+            logger.debug("%s.from_config: ignoring arguments it does not use: %s", cls.__name__, sorted(set(overrides) - fields))
+        obj = cls(values, **{k: v for k, v in overrides.items() if k in fields})
         return (obj, unused) if return_unused_kwargs else obj
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, return_unused_kwargs: bool = False, **kwargs: Any):
         """Load ``scheduler_config.json`` from a folder or hub id; other keyword arguments override config keys."""
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        values = cls._read_config(pretrained_model_name_or_path, subfolder, hub_kwargs)
+        values = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         class_name = values.get("_class_name")
         if isinstance(class_name, str) and class_name != cls.__name__ and class_name.endswith("Scheduler"):
             logger.info("%s: loading a config written for %s", cls.__name__, class_name)
         return cls.from_config(values, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-    @classmethod
-    def _read_config(cls, path_or_id: str | os.PathLike, subfolder: str | None, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
-        folder = Path(path_or_id) / subfolder if subfolder else Path(path_or_id)
-        if folder.is_dir():
-            file = folder / cls.config_name
-            if not file.is_file():
-                hint = "" if subfolder else " (for a pipeline folder pass subfolder='scheduler')"
-                raise ConfigError(f"{cls.__name__}: no {cls.config_name} in {folder}{hint}")
-            return read_json(file)
-        return cls.load_config(path_or_id, subfolder=subfolder, **hub_kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Path:
         if push_to_hub:

@@ -156,12 +156,19 @@ def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: 
     return torch.from_numpy(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps)))
 
 
-def beta_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
-    """Sigmas at the quantiles of a Beta(alpha, beta) distribution (arXiv:2407.12173); needs scipy."""
+def require_scipy() -> None:
+    """Beta sigmas need scipy's Beta quantile function, as in the reference."""
     try:
-        import scipy.stats
+        import scipy.stats  # noqa: F401
     except ImportError:
         raise ImportError("use_beta_sigmas=True needs scipy (pip install scipy), as in the reference; or use use_karras_sigmas / use_exponential_sigmas") from None
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
+    """Sigmas at the quantiles of a Beta(alpha, beta) distribution (arXiv:2407.12173); needs scipy."""
+    require_scipy()
+    import scipy.stats
+
     ppfs = [scipy.stats.beta.ppf(q, alpha, beta) for q in 1 - np.linspace(0, 1, num_inference_steps)]
     return torch.from_numpy(np.array([sigma_min + ppf * (sigma_max - sigma_min) for ppf in ppfs]))
 
