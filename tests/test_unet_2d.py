@@ -147,7 +147,7 @@ def test_encoder_attention_mask_matches(base_pair):
         assert _maxdiff(expected, ref(**kwargs).sample) > 1e-4
 
 
-def test_processors_slicing_chunking_freeu():
+def test_processors_slicing_chunking_freeu(caplog):
     ref, ours = _pair(**CONFIGS["int_heads_linear_upcast"])
     kwargs = _inputs(ref)
     assert list(ours.attn_processors) == list(ref.attn_processors)
@@ -156,6 +156,9 @@ def test_processors_slicing_chunking_freeu():
         ours.set_attn_processor(AttnProcessor())
         expected = ref(**kwargs).sample
         assert _maxdiff(ours(**kwargs).sample, expected) < TOL
+        lora_scale = dict(cross_attention_kwargs={"scale": 1.0})  # taken out before the blocks, as the reference does
+        assert _maxdiff(ours(**kwargs, **lora_scale).sample, ref(**kwargs, **lora_scale).sample) < TOL
+        assert not [r for r in caplog.records if r.name.startswith("vidiff") and "scale" in r.getMessage()]
         for size in ("auto", "max", 2):
             ours.set_attention_slice(size)
             assert _maxdiff(ours(**kwargs).sample, expected) < TOL, size

@@ -126,9 +126,10 @@ class DownBlockMotion(DownBlockBase):
         temporal_double_self_attention: bool = True,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block, resnet_groups,
-                                temporal_max_seq_length, temporal_cross_attention_dim, temporal_double_self_attention)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
+        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block,
+                                resnet_groups, temporal_max_seq_length, temporal_cross_attention_dim, temporal_double_self_attention)
         self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, add_downsample, downsample_padding, motion=motion)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, num_frames: int = 1, *args, **kwargs):
@@ -166,11 +167,12 @@ class CrossAttnDownBlockMotion(DownBlockBase):
         temporal_double_self_attention: bool = True,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention, only_cross_attention)
-        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block, resnet_groups,
-                                temporal_max_seq_length, temporal_cross_attention_dim, temporal_double_self_attention)
+        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block,
+                                resnet_groups, temporal_max_seq_length, temporal_cross_attention_dim, temporal_double_self_attention)
         self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, add_downsample, downsample_padding,
                          attention, transformer_layers_per_block, motion)
 
@@ -218,11 +220,12 @@ class UNetMidBlockCrossAttnMotion(MidBlockBase):
     ):
         super().__init__()
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention)
-        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block, resnet_groups,
-                                temporal_max_seq_length, temporal_cross_attention_dim)
+        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block,
+                                resnet_groups, temporal_max_seq_length, temporal_cross_attention_dim)
         io = [(in_channels, in_channels)] * (num_layers + 1)
         self._build_layers(io, temb_channels, resnet, attention, transformer_layers_per_block, motion)
 
@@ -271,11 +274,12 @@ class CrossAttnUpBlockMotion(UpBlockBase):
         temporal_transformer_layers_per_block: int | tuple[int, ...] = 1,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention, only_cross_attention)
-        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block, resnet_groups,
-                                temporal_max_seq_length, temporal_cross_attention_dim)
+        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block,
+                                resnet_groups, temporal_max_seq_length, temporal_cross_attention_dim)
         self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, add_upsample,
                        resolution_idx, attention, transformer_layers_per_block, motion)
 
@@ -318,9 +322,10 @@ class UpBlockMotion(UpBlockBase):
         temporal_transformer_layers_per_block: int | tuple[int, ...] = 1,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
-        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block, resnet_groups,
-                                temporal_max_seq_length, temporal_cross_attention_dim)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
+        motion = motion_factory(num_layers, temporal_num_attention_heads, temporal_transformer_layers_per_block,
+                                resnet_groups, temporal_max_seq_length, temporal_cross_attention_dim)
         self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, add_upsample,
                        resolution_idx, motion=motion)
 

@@ -459,6 +459,7 @@ class TransformerTemporalModel(nn.Module):
                 cross_attention_kwargs=cross_attention_kwargs, class_labels=class_labels,
             )  # fmt: skip
         x = self.proj_out(x)
-        x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)  # (b f) c h w
+        # contiguous as the reference: with one frame the permute would leave a channels-last view
+        x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).contiguous().reshape(bf, c, h, w)  # (b f) c h w
         x = x + residual
         return TransformerTemporalModelOutput(sample=x) if return_dict else (x,)

@@ -95,7 +95,8 @@ class UNetBlock2DBase(nn.Module):
 
         def add_resnet(i: int) -> None:
             groups = {"groups_out": inner_groups} if i == 0 else {"groups": inner_groups}
-            resnets.append(ResnetBlock2D(in_channels=io[i][0], out_channels=io[i][1], temb_channels=temb_channels, **dict(resnet, **groups)))
+            cin, cout = io[i]
+            resnets.append(ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb_channels, **dict(resnet, **groups)))
 
         if extra:
             add_resnet(0)
@@ -193,7 +194,8 @@ class DownBlock2D(DownBlockBase):
         downsample_padding: int = 1,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, add_downsample, downsample_padding)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):
@@ -226,7 +228,8 @@ class CrossAttnDownBlock2D(DownBlockBase):
         attention_type: str = "default",
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention, only_cross_attention)
         self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, add_downsample, downsample_padding,
@@ -291,7 +294,8 @@ class UNetMidBlock2DCrossAttn(MidBlockBase):
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention)
         io = [(in_channels, out_channels)] + [(out_channels, out_channels)] * num_layers
@@ -363,7 +367,8 @@ class UpBlock2D(UpBlockBase):
         add_upsample: bool = True,
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, add_upsample, resolution_idx)
 
     def forward(self, hidden_states: torch.Tensor, res_hidden_states_tuple: tuple[torch.Tensor, ...],
@@ -398,7 +403,8 @@ class CrossAttnUpBlock2D(UpBlockBase):
         attention_type: str = "default",
     ):
         super().__init__()
-        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm, output_scale_factor)
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
+                                output_scale_factor)
         attention = attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
                                       attention_type, dual_cross_attention, only_cross_attention)
         self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, add_upsample,

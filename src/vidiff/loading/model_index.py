@@ -50,15 +50,30 @@ def pipeline_class_for(cls: type, index: dict[str, Any], where: str) -> type:
     return found
 
 
-def _resolve_folder(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any], variant: str | None, use_safetensors: bool | None) -> Path:
+def _resolve_folder(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any], variant: str | None,
+                    use_safetensors: bool | None, allow_pickle: bool, skip: list[str]) -> Path:
+    """A local folder as is; a hub id -> a snapshot holding only the files this pipeline needs."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     from . import hub
 
-    index_path = hub.resolve_file(str(name_or_path), "model_index.json", **hub_kwargs)
-    patterns = hub.pipeline_allow_patterns(str(name_or_path), read_json(index_path), variant=variant, use_safetensors=use_safetensors, **hub_kwargs)
-    return Path(hub.resolve_snapshot(str(name_or_path), allow_patterns=patterns, **hub_kwargs))
+    index = read_json(hub.resolve_file(str(name_or_path), "model_index.json", **hub_kwargs))
+    patterns = hub.pipeline_download_patterns(str(name_or_path), index, variant=variant, use_safetensors=use_safetensors,
+                                              allow_pickle=allow_pickle, skip=skip, **hub_kwargs)
+    return Path(hub.resolve_snapshot(str(name_or_path), patterns, **hub_kwargs))
+
+
+def _component_variant(sub: Path, variant: str | None) -> str | None:
+    """The requested variant where this component has it, else None (the reference's per-component fallback)."""
+    from .filenames import has_variant
+
+    if variant is None or not sub.is_dir():
+        return variant
+    if has_variant([f.name for f in sub.iterdir()], variant):
+        return variant
+    logger.warning("component %s has no %r weights; loading its default weights", sub.name, variant)
+    return None
 
 
 def load_pipeline(cls: type, name_or_path: str | os.PathLike, **kwargs: Any):
@@ -74,7 +89,8 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, **kwargs: Any):
     if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
         raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
 
-    folder = _resolve_folder(name_or_path, hub_kwargs, variant, use_safetensors)
+    passed = [k for k in kwargs if not k.startswith("_")]
+    folder = _resolve_folder(name_or_path, hub_kwargs, variant, use_safetensors, allow_pickle, passed)
     index = read_json(folder / "model_index.json")
     pipe_cls = pipeline_class_for(cls, index, str(folder))
     expected = pipe_cls.component_names()
@@ -109,6 +125,7 @@ def load_component(folder: Path, name: str, entry: list, *, torch_dtype, variant
         raise ConfigError(f"{folder}/model_index.json: entry for {name!r} must be [library, class name], got {entry!r}")
     library, class_name = entry
     sub = folder / name
+    variant = _component_variant(sub, variant)
     if library in _TRANSFORMERS_LIBS:
         return _load_transformers(sub, class_name, torch_dtype, variant)
     cls = _vidiff_class(class_name)
@@ -137,7 +154,7 @@ def _load_transformers(sub: Path, class_name: str, torch_dtype, variant) -> Any:
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    if variant is not None and any(f.name.endswith(f".{variant}.safetensors") or f".{variant}." in f.name for f in sub.iterdir()):
+    if variant is not None:
         kwargs["variant"] = variant
     return cls.from_pretrained(sub, **kwargs)
 

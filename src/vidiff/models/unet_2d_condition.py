@@ -174,6 +174,13 @@ def keep_mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Te
     return ((1 - mask.to(dtype)) * -10000.0).unsqueeze(1)
 
 
+def without_lora_scale(cross_attention_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The kwargs minus the LoRA ``scale``, which the reference takes out before the blocks (no LoRA layers here)."""
+    if not cross_attention_kwargs or "scale" not in cross_attention_kwargs:
+        return cross_attention_kwargs
+    return {k: v for k, v in cross_attention_kwargs.items() if k != "scale"}
+
+
 def text_time_embedding(add_time_proj: nn.Module, add_embedding: nn.Module, added_cond_kwargs: dict | None, dtype) -> torch.Tensor:
     """SDXL-style extra embedding from ``added_cond_kwargs['text_embeds']`` and ``['time_ids']``."""
     missing = [k for k in ("text_embeds", "time_ids") if k not in (added_cond_kwargs or {})]
@@ -350,7 +357,8 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         forward_upsample_size = self._needs_upsample_size(sample)
         cond = dict(
             encoder_hidden_states=encoder_hidden_states, attention_mask=keep_mask_to_bias(attention_mask, sample.dtype),
-            cross_attention_kwargs=cross_attention_kwargs, encoder_attention_mask=keep_mask_to_bias(encoder_attention_mask, sample.dtype),
+            cross_attention_kwargs=without_lora_scale(cross_attention_kwargs),
+            encoder_attention_mask=keep_mask_to_bias(encoder_attention_mask, sample.dtype),
         )  # fmt: skip
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0

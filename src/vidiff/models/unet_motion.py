@@ -37,7 +37,15 @@ from ..layers.unet_2d_blocks import UNetMidBlock2DCrossAttn
 from ..layers.unet_3d_blocks import FreeUMixin
 from .modeling import ModelMixin
 from .outputs import BaseOutput
-from .unet_2d_condition import UNetPassesMixin, check_unet_channels, check_unet_lengths, expand, keep_mask_to_bias, text_time_embedding
+from .unet_2d_condition import (
+    UNetPassesMixin,
+    check_unet_channels,
+    check_unet_lengths,
+    expand,
+    keep_mask_to_bias,
+    text_time_embedding,
+    without_lora_scale,
+)
 
 _DOWN = {"CrossAttnDownBlockMotion": CrossAttnDownBlockMotion, "DownBlockMotion": DownBlockMotion}
 _UP = {"CrossAttnUpBlockMotion": CrossAttnUpBlockMotion, "UpBlockMotion": UpBlockMotion}
@@ -193,34 +201,35 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         channels, n = cfg.block_out_channels, len(cfg.block_out_channels)
         heads, cross_dims, layers = expand(cfg.num_attention_heads, n), expand(cfg.cross_attention_dim, n), expand(cfg.layers_per_block, n)
         t_layers, motion_heads = expand(cfg.transformer_layers_per_block, n), expand(cfg.motion_num_attention_heads, n)
-        temporal_layers = expand(cfg.temporal_transformer_layers_per_block, n)
+        temporal = expand(cfg.temporal_transformer_layers_per_block, n)
+        rev_t_layers = expand(cfg.reverse_transformer_layers_per_block, n) if cfg.reverse_transformer_layers_per_block is not None else t_layers[::-1]
+        rev_temporal = expand(cfg.reverse_temporal_transformer_layers_per_block or temporal[::-1], n)
         common = dict(temb_channels=temb, resnet_eps=cfg.norm_eps, resnet_act_fn=cfg.act_fn, resnet_groups=cfg.norm_num_groups,
                       temporal_max_seq_length=cfg.motion_max_seq_length)
-        attn = dict(use_linear_projection=cfg.use_linear_projection)
+
+        def spatial(block_type: str, transformer_layers, num_heads: int, cross_dim: int) -> dict[str, Any]:
+            if not block_type.startswith("CrossAttn"):
+                return {}
+            return dict(transformer_layers_per_block=transformer_layers, num_attention_heads=num_heads, cross_attention_dim=cross_dim,
+                        use_linear_projection=cfg.use_linear_projection)
+
         self.down_blocks = nn.ModuleList(
             _DOWN[block_type](
                 in_channels=channels[max(i - 1, 0)], out_channels=channels[i], num_layers=layers[i], add_downsample=i < n - 1,
                 downsample_padding=cfg.downsample_padding, temporal_num_attention_heads=motion_heads[i],
-                temporal_transformer_layers_per_block=temporal_layers[i], **common,
-                **(dict(transformer_layers_per_block=t_layers[i], num_attention_heads=heads[i], cross_attention_dim=cross_dims[i], **attn)
-                   if block_type.startswith("CrossAttn") else {}),
+                temporal_transformer_layers_per_block=temporal[i], **spatial(block_type, t_layers[i], heads[i], cross_dims[i]), **common,
             )  # fmt: skip
             for i, block_type in enumerate(cfg.down_block_types)
         )
         # built before the up blocks, registered after them, as in the reference
         mid_block = self._make_mid_block(cfg, temb, heads[-1], cross_dims[-1], t_layers[-1], motion_heads[-1])
-        rev = list(reversed(channels))
-        rev_t_layers = expand(cfg.reverse_transformer_layers_per_block, n) if cfg.reverse_transformer_layers_per_block is not None else t_layers[::-1]
-        rev_temporal = (expand(cfg.reverse_temporal_transformer_layers_per_block, n)
-                        if cfg.reverse_temporal_transformer_layers_per_block is not None else temporal_layers[::-1])
+        rev, heads, cross_dims, layers, motion_heads = channels[::-1], heads[::-1], cross_dims[::-1], layers[::-1], motion_heads[::-1]
         self.num_upsamplers = n - 1
         self.up_blocks = nn.ModuleList(
             _UP[block_type](
                 in_channels=rev[min(i + 1, n - 1)], out_channels=rev[i], prev_output_channel=rev[max(i - 1, 0)],
-                num_layers=layers[::-1][i] + 1, add_upsample=i < n - 1, resolution_idx=i,
-                temporal_num_attention_heads=motion_heads[::-1][i], temporal_transformer_layers_per_block=rev_temporal[i], **common,
-                **(dict(transformer_layers_per_block=rev_t_layers[i], num_attention_heads=heads[::-1][i],
-                        cross_attention_dim=cross_dims[::-1][i], **attn) if block_type.startswith("CrossAttn") else {}),
+                num_layers=layers[i] + 1, add_upsample=i < n - 1, resolution_idx=i, temporal_num_attention_heads=motion_heads[i],
+                temporal_transformer_layers_per_block=rev_temporal[i], **spatial(block_type, rev_t_layers[i], heads[i], cross_dims[i]), **common,
             )  # fmt: skip
             for i, block_type in enumerate(cfg.up_block_types)
         )
@@ -241,7 +250,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
             return UNetMidBlock2DCrossAttn(**common)
         return UNetMidBlockCrossAttnMotion(
             temporal_num_attention_heads=motion_heads, temporal_max_seq_length=cfg.motion_max_seq_length,
-            temporal_transformer_layers_per_block=cfg.temporal_transformer_layers_per_mid_block, **common,
+            temporal_transformer_layers_per_block=cfg.temporal_transformer_layers_per_mid_block or 1, **common,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ from a 2-D UNet
@@ -302,6 +311,8 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
 
     def load_motion_modules(self, motion_adapter: MotionAdapter | None) -> None:
         """Copy an adapter's motion modules into this UNet (strict: the layouts must match)."""
+        if motion_adapter is None:
+            raise ValueError("load_motion_modules needs a MotionAdapter (e.g. MotionAdapter.from_pretrained(...)), got None")
         for i, block in enumerate(motion_adapter.down_blocks):
             self.down_blocks[i].motion_modules.load_state_dict(block.motion_modules.state_dict())
         for i, block in enumerate(motion_adapter.up_blocks):
@@ -348,7 +359,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         encoder_hidden_states = self._check_inputs(sample, encoder_hidden_states)
         forward_upsample_size = self._needs_upsample_size(sample)
         cond = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=keep_mask_to_bias(attention_mask, sample.dtype),
-                    cross_attention_kwargs=cross_attention_kwargs)
+                    cross_attention_kwargs=without_lora_scale(cross_attention_kwargs))
 
         t_emb = self.time_proj(timesteps_for_batch(timestep, batch, sample.device)).to(dtype=self.conv_in.weight.dtype)
         emb = self.time_embedding(t_emb, timestep_cond)
