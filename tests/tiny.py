@@ -94,3 +94,70 @@ def ref_t2v_pipeline(tmp: Path, scheduler=None, seed: int = 0):
 def save_ref_pipeline(pipe, folder: Path) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+# ---------------------------------------------------------------------------------------------- Stable Video Diffusion
+# stabilityai/stable-video-diffusion-img2vid(-xt) scheduler/scheduler_config.json (with its legacy keys)
+SVD_SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
+                     interpolation_type="linear", num_train_timesteps=1000, prediction_type="v_prediction",
+                     set_alpha_to_one=False, sigma_max=700.0, sigma_min=0.002, skip_prk_steps=True, steps_offset=1,
+                     timestep_spacing="leading", timestep_type="continuous", trained_betas=None, use_karras_sigmas=True)
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Random values for every parameter (zero-initialised output layers would otherwise hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module.eval()
+
+
+def clip_vision_encoder(seed: int = 0, image_size: int = 224, patch_size: int = 56, projection_dim: int = 32):
+    """A tiny CLIPVisionModelWithProjection; image_size 224 is what SVD's PIL path feeds it (16 patches of 56)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=32, projection_dim=projection_dim, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, intermediate_size=37, patch_size=patch_size)
+    return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def clip_image_processor(size: int = 224):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=size, size=size)
+
+
+def ref_svd_unet(seed: int = 0, **overrides):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                  up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=32,
+                  num_attention_heads=(2, 4), in_channels=8, out_channels=4, layers_per_block=1, sample_size=8,
+                  addition_time_embed_dim=8, projection_class_embeddings_input_dim=24, num_frames=3)
+    kwargs.update(overrides)
+    return randomize(UNetSpatioTemporalConditionModel(**kwargs), seed)
+
+
+def ref_svd_vae(seed: int = 0, **overrides):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
+                  layers_per_block=1)
+    kwargs.update(overrides)
+    return randomize(AutoencoderKLTemporalDecoder(**kwargs), seed + 1)
+
+
+def ref_svd_pipeline(seed: int = 0, unet: dict | None = None, vae: dict | None = None, image_size: int = 224):
+    """A reference StableVideoDiffusionPipeline of tiny random components (VAE scale factor 2 by default)."""
+    from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline(vae=ref_svd_vae(seed, **(vae or {})), image_encoder=clip_vision_encoder(seed, image_size),
+                                        unet=ref_svd_unet(seed, **(unet or {})),
+                                        scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
+                                        feature_extractor=clip_image_processor(image_size))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

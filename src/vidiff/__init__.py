@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "TextToVideoSDPipelineOutput": "pipelines.text_to_video_synthesis",
     "VideoPipelineOutput": "pipelines.video_io",
     "NonFiniteError": "pipelines.base",
+    "I2VGenXLPipeline": "pipelines.i2vgen_xl",
+    "I2VGenXLPipelineOutput": "pipelines.i2vgen_xl",
     # models
     "ModelMixin": "models.modeling",
     "AutoencoderKL": "models.autoencoder_kl",
@@ -28,12 +30,17 @@ _EXPORTS: dict[str, str] = {
     "MotionAdapter": "models.unet_motion",
     "UNetSpatioTemporalConditionModel": "models.unet_spatio_temporal",
     "AutoencoderKLTemporalDecoder": "models.autoencoder_kl_temporal_decoder",
+    "I2VGenXLUNet": "models.unet_i2vgen_xl",
     # schedulers
     "SchedulerMixin": "schedulers",
     "DDIMScheduler": "schedulers",
     "DDPMScheduler": "schedulers",
     "DPMSolverMultistepScheduler": "schedulers",
     "EulerDiscreteScheduler": "schedulers",
+    "EulerAncestralDiscreteScheduler": "schedulers",
+    "LMSDiscreteScheduler": "schedulers",
+    "PNDMScheduler": "schedulers",
+    "LCMScheduler": "schedulers",
     # attention processors
     "AttnProcessor": "layers.attention",
     "AttnProcessor2_0": "layers.attention",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,11 +41,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-offload", action="store_true", help="keep each component on the accelerator only while it runs")
     p.add_argument("--decode-chunk-size", type=_positive_int, default=None, help="frames the VAE decodes at once (lower memory)")
     p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif path (default: out.mp4)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidiff", description="Make short videos with diffusion models.")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="text -> video")
     _common(gen)
@@ -72,17 +73,35 @@ def _load(args: argparse.Namespace, kind: str):
 
     from .pipelines.base import DiffusionPipeline
 
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     dtype = getattr(torch, DTYPES[args.dtype])
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, variant=args.variant)
-    pipe.set_progress_bar_config(disable=args.quiet)
     accepted = {"generate": ("TextToVideoSDPipeline",), "upscale": ("VideoToVideoSDPipeline", "TextToVideoSDPipeline")}[kind]
     if type(pipe).__name__ not in accepted:
         raise CliError(f"{args.model} holds a {type(pipe).__name__}; `vidiff {kind}` needs one of {list(accepted)}")
+    if kind == "upscale" and type(pipe).__name__ != "VideoToVideoSDPipeline":
+        from .pipelines.text_to_video_synthesis import VideoToVideoSDPipeline
+
+        pipe = VideoToVideoSDPipeline(**pipe.components)  # zeroscope_v2_XL ships as a text-to-video folder
+    pipe.set_progress_bar_config(disable=args.quiet)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(_device(args.device))
     return pipe
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Cheap checks before any weights are read."""
+    for name in ("height", "width"):
+        value = getattr(args, name, None)
+        if value is not None and value % 8:
+            raise CliError(f"--{name} must be a multiple of 8, got {value}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise CliError(f"--guidance must be a finite number, got {args.guidance}")
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +150,7 @@ def _read_video(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> Path:
     out = _output_path(args)
+    _check_args(args)
     if args.command == "upscale" and not 0.0 <= args.strength <= 1.0:
         raise CliError(f"--strength must be between 0 and 1, got {args.strength}")
     video = _read_video(args) if args.command == "upscale" else None

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -43,12 +42,6 @@ def postprocess_video(video: torch.Tensor, output_type: str = "np") -> Any:
     return [to_pil_frames(clip) for clip in frames]
 
 
-def _frame_to_array(frame: Any) -> np.ndarray:
-    if isinstance(frame, PIL.Image.Image):
-        return np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0
-    raise TypeError(f"video frames must be PIL images, numpy arrays or tensors, got {type(frame).__name__}")
-
-
 def preprocess_video(video: Any) -> torch.Tensor:
     """A video (list of PIL frames, list of HxWxC arrays in [0, 1], (f, h, w, c) array, (f, c, h, w) tensor, or a batch
     of these) -> (b, c, f, h, w) float tensor in [-1, 1]. Tensors already in [-1, 1] are kept (reference rule)."""
@@ -72,22 +65,16 @@ def preprocess_video(video: Any) -> torch.Tensor:
 
 
 def _clip_to_tensor(clip: Any) -> torch.Tensor:
-    """One clip -> (f, c, h, w) in [-1, 1]."""
-    if isinstance(clip, torch.Tensor):
-        t = clip.float() if not clip.is_floating_point() else clip
-    elif isinstance(clip, np.ndarray):
-        if clip.ndim != 4:
-            raise ValueError(f"a numpy video must be (frames, height, width, channels), got shape {clip.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2)))
-    else:
-        if len(clip) == 0:
-            raise ValueError("video is empty: pass at least one frame")
-        arrays = [np.asarray(f, dtype=np.float32) if isinstance(f, np.ndarray) else _frame_to_array(f) for f in clip]
-        t = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
-    if t.ndim != 4 or t.shape[0] == 0:
-        raise ValueError(f"a video must be (frames, channels, height, width) with at least one frame, got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError("video contains NaN or infinity")
-    if t.shape[1] == 4:  # already latents
-        return t
-    return t if t.min() < 0 else 2.0 * t - 1.0
+    """One clip -> (f, c, h, w) in [-1, 1]. Two reference rules come first: a 4-channel (f, 4, h, w) tensor is
+    latents, and float frames with negative values are already in [-1, 1]; the rest goes through
+    media.frames_to_tensor (PIL / uint8 / [0, 1] floats, validated there)."""
+    from ..media.frames import frames_to_tensor
+
+    if isinstance(clip, np.ndarray) and clip.dtype.kind == "f" and clip.ndim == 4 and clip.size and clip.min() < 0:
+        clip = torch.from_numpy(clip).permute(0, 3, 1, 2)  # f h w c -> f c h w
+    if isinstance(clip, torch.Tensor) and clip.is_floating_point() and clip.ndim == 4 and clip.numel():
+        if clip.shape[1] == 4 or clip.min() < 0:
+            if not torch.isfinite(clip).all():
+                raise ValueError("video contains NaN or infinity")
+            return clip.float()
+    return frames_to_tensor(clip, (-1.0, 1.0), what="video")

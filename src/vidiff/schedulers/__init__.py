@@ -4,7 +4,11 @@ from .base import SchedulerMixin, SchedulerOutput
 from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
 from .dpmsolver_multistep import DPMSolverMultistepConfig, DPMSolverMultistepScheduler
+from .euler_ancestral_discrete import EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler
 from .euler_discrete import EulerDiscreteConfig, EulerDiscreteScheduler
+from .lcm import LCMConfig, LCMScheduler, LCMSchedulerOutput
+from .lms_discrete import LMSDiscreteConfig, LMSDiscreteScheduler
+from .pndm import PNDMConfig, PNDMScheduler
 
 __all__ = [
     "DDIMConfig",
@@ -13,8 +17,17 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepConfig",
     "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteConfig",
+    "EulerAncestralDiscreteScheduler",
     "EulerDiscreteConfig",
     "EulerDiscreteScheduler",
+    "LCMConfig",
+    "LCMScheduler",
+    "LCMSchedulerOutput",
+    "LMSDiscreteConfig",
+    "LMSDiscreteScheduler",
+    "PNDMConfig",
+    "PNDMScheduler",
     "SchedulerMixin",
     "SchedulerOutput",
 ]

@@ -206,3 +206,35 @@ def append_final_sigma(sigmas: torch.Tensor, final_sigmas_type: str, alphas_cump
     else:
         raise ConfigError(f"final_sigmas_type={final_sigmas_type!r} is not supported; expected 'zero' or 'sigma_min'")
     return torch.from_numpy(np.concatenate([sigmas.numpy(), [last]]).astype(np.float32))
+
+
+def pndm_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str, steps_offset: int, skip_prk_steps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """PNDM's (Runge-Kutta, linear multistep) timesteps, both descending int64.
+
+    Without PRK steps the second timestep is repeated (the first PLMS step is a two-evaluation warm-up);
+    with them the last four spaced timesteps are walked by RK4 at half strides (12 evaluations) and the
+    PLMS steps take the remaining ones.
+    """
+    ascending = spaced_timesteps(spacing, num_train_timesteps, num_inference_steps, steps_offset).numpy()[::-1]
+    if skip_prk_steps:
+        plms = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        return torch.zeros(0, dtype=torch.int64), torch.from_numpy(plms.astype(np.int64))
+    if num_inference_steps < 4:
+        raise ValueError(f"PNDM with skip_prk_steps=False needs num_inference_steps >= 4 (its Runge-Kutta warm-up spans 4 steps), got {num_inference_steps}; use more steps or skip_prk_steps=True")
+    half_stride = num_train_timesteps // num_inference_steps // 2
+    prk = ascending[-4:].repeat(2) + np.tile(np.array([0, half_stride]), 4)  # t, t + stride/2 for each
+    prk = prk[:-1].repeat(2)[1:-1][::-1]
+    return torch.from_numpy(prk.astype(np.int64)), torch.from_numpy(ascending[:-3][::-1].astype(np.int64))
+
+
+def lcm_origin_timesteps(num_train_timesteps: int, original_inference_steps: int, strength: float = 1.0) -> torch.Tensor:
+    """The ascending timestep grid the LCM was distilled on: every ``T // original_steps``-th, ending at k * n - 1."""
+    k = num_train_timesteps // original_inference_steps
+    return torch.from_numpy(np.arange(1, int(original_inference_steps * strength) + 1, dtype=np.int64) * k - 1)
+
+
+def lcm_timesteps(origin_timesteps: torch.Tensor, num_inference_steps: int) -> torch.Tensor:
+    """``num_inference_steps`` descending timesteps picked evenly (floored) from the distillation grid."""
+    origin = origin_timesteps.numpy()[::-1]
+    indices = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
+    return torch.from_numpy(origin[indices].copy())

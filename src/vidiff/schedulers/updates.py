@@ -217,3 +217,62 @@ def dpm_solver_update(sample: torch.Tensor, outputs: list[torch.Tensor], sigmas:
         d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
         terms = [(k0, m0), (_dpm_d1_coeff(algorithm_type, "heun", alpha_t, sigma_t, h), d1), (k2, d2)]
     return _combine(sample, sample_coeff, terms, noise_coeff, noise)
+
+
+# --- PNDM (Liu et al. 2022, arXiv:2202.09778): eps-based transfer, RK4 warm-up, linear multistep ---
+
+PRK_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # RK4 weights of the four model evaluations of one PRK step
+
+
+def pndm_transfer(sample: torch.Tensor, eps: torch.Tensor, alpha_prod_t, alpha_prod_t_prev) -> torch.Tensor:
+    """x_{t-delta} from x_t and the noise estimate (PNDM eq. 9)."""
+    beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+    sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** (0.5)
+    denom = alpha_prod_t * beta_prod_t_prev ** (0.5) + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** (0.5)
+    return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * eps / denom
+
+
+def plms_eps(ets: list[torch.Tensor]) -> torch.Tensor:
+    """Adams-Bashforth combination of the last 2-4 noise estimates (oldest first)."""
+    if len(ets) == 2:
+        return (3 * ets[-1] - ets[-2]) / 2
+    if len(ets) == 3:
+        return (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
+    return (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+
+
+# --- ancestral sampling and linear multistep in sigma ---
+
+
+def ancestral_sigmas(sigma_from, sigma_to):
+    """(sigma_up, sigma_down): split the step to ``sigma_to`` into a deterministic part and fresh noise (eta = 1)."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_up, sigma_down
+
+
+def lms_coefficient(nodes, j: int, lower: float, upper: float) -> float:
+    """Integral over [lower, upper] of the j-th Lagrange basis polynomial on ``nodes`` (float64).
+
+    The integrand has degree len(nodes) - 1, so Gauss-Legendre with len(nodes) points is exact.
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    xi, w = np.polynomial.legendre.leggauss(len(nodes))
+    half = (upper - lower) / 2
+    tau = half * xi + (upper + lower) / 2
+    basis = np.ones_like(tau)
+    for k, node in enumerate(nodes):
+        if k != j:
+            basis *= (tau - node) / (nodes[j] - node)
+    return float(half * np.dot(w, basis))
+
+
+# --- latent consistency models (Luo et al. 2023) ---
+
+
+def lcm_boundary_scalings(timestep, timestep_scaling: float, sigma_data: float = 0.5):
+    """(c_skip, c_out) of the consistency parameterisation: c_skip -> 1, c_out -> 0 as t -> 0."""
+    scaled_timestep = timestep * timestep_scaling
+    c_skip = sigma_data**2 / (scaled_timestep**2 + sigma_data**2)
+    c_out = scaled_timestep / (scaled_timestep**2 + sigma_data**2) ** 0.5
+    return c_skip, c_out
