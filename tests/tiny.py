@@ -161,3 +161,33 @@ def ref_svd_pipeline(seed: int = 0, unet: dict | None = None, vae: dict | None =
                                         feature_extractor=clip_image_processor(image_size))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---------------------------------------------------------------------------------------------- I2VGen-XL
+# ali-vilab/i2vgen-xl ships DDIM with v-prediction on a zero-terminal-SNR cosine schedule
+I2VGEN_SCHEDULER = dict(beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02, clip_sample=False,
+                        num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                        set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading")
+
+
+def ref_i2vgen_unet(seed: int = 0, **overrides):
+    from diffusers import I2VGenXLUNet
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+                  down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                  cross_attention_dim=32, attention_head_dim=4, norm_num_groups=2)
+    kwargs.update(overrides)
+    return randomize(I2VGenXLUNet(**kwargs), seed)
+
+
+def ref_i2vgen_pipeline(tmp: Path, seed: int = 0, image_size: int = 32):
+    """A reference I2VGenXLPipeline of tiny random components (VAE scale factor 2, CLIP image size 32)."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline
+
+    pipe = I2VGenXLPipeline(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp),
+                            image_encoder=clip_vision_encoder(seed, image_size=image_size, patch_size=8),
+                            feature_extractor=clip_image_processor(image_size), unet=ref_i2vgen_unet(seed),
+                            scheduler=DDIMScheduler(**I2VGEN_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

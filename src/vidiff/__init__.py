@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "VideoToVideoSDPipeline": "pipelines.text_to_video_synthesis",
     "TextToVideoSDPipelineOutput": "pipelines.text_to_video_synthesis",
     "VideoPipelineOutput": "pipelines.video_io",
+    "StableVideoDiffusionPipeline": "pipelines.stable_video_diffusion",
+    "StableVideoDiffusionPipelineOutput": "pipelines.stable_video_diffusion",
     "NonFiniteError": "pipelines.base",
     "I2VGenXLPipeline": "pipelines.i2vgen_xl",
     "I2VGenXLPipelineOutput": "pipelines.i2vgen_xl",
