@@ -71,3 +71,67 @@ def test_modelscope_sample_fp32(fp16_folder, tmp_path, monkeypatch):
 def test_modelscope_sample_verbatim_fp16(fp16_folder, tmp_path, monkeypatch):
     # both sides run the same fp16 arithmetic; allow a few fp16 ulps on [0, 1] pixels
     assert _run_modelscope_sample(fp16_folder, tmp_path, monkeypatch, torch.float16) < 2e-3
+
+
+# diffusers' text-to-video docs, Zeroscope: 576w text-to-video, then XL video-to-video upscaling.
+ZEROSCOPE_SAMPLE = '''
+import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.utils import export_to_video
+from PIL import Image
+
+pipe = DiffusionPipeline.from_pretrained("cerspense/zeroscope_v2_576w", torch_dtype=torch.float32)
+pipe.enable_model_cpu_offload()
+
+# memory optimization
+pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
+pipe.enable_vae_slicing()
+
+prompt = "Darth Vader surfing a wave"
+video_frames = pipe(prompt, num_frames=4).frames[0]
+video_path = export_to_video(video_frames)
+
+pipe = DiffusionPipeline.from_pretrained("cerspense/zeroscope_v2_XL", torch_dtype=torch.float32)
+pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+pipe.enable_model_cpu_offload()
+
+# memory optimization
+pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
+pipe.enable_vae_slicing()
+
+video = [Image.fromarray((frame * 255).round().astype("uint8")).resize((32, 24)) for frame in video_frames]
+
+video_frames = pipe(prompt, video=video, strength=0.6).frames[0]
+'''
+
+
+def test_zeroscope_sample_matches_reference(tmp_path, monkeypatch):
+    """The docs' Zeroscope sample with the import changed. Scaled for a CPU test: float32 instead of float16,
+    num_frames=4 instead of 24, a 32x24 upscale instead of 1024x576, and the float frames quantised before
+    Image.fromarray (the docs' code predates float frames; both libraries need it)."""
+    import diffusers
+
+    from tiny import clip_text_encoder, clip_tokenizer, ref_unet3d, ref_vae
+
+    def folder(name, cls, seed):
+        pipe = cls(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp_path / name),
+                   unet=ref_unet3d(seed), scheduler=diffusers.DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False))
+        pipe.save_pretrained(tmp_path / name)
+        return tmp_path / name
+
+    small = folder("576w", diffusers.TextToVideoSDPipeline, 0)
+    xl = folder("xl", diffusers.VideoToVideoSDPipeline, 1)
+    monkeypatch.chdir(tmp_path)
+    results = {}
+    for lib in ("vidiff", "diffusers"):
+        code = ZEROSCOPE_SAMPLE.replace('"cerspense/zeroscope_v2_576w"', repr(str(small))).replace('"cerspense/zeroscope_v2_XL"', repr(str(xl)))
+        if lib == "vidiff":
+            code = code.replace("from diffusers", "from vidiff")
+        else:  # the reference needs an accelerator for offload and dropped pipe.enable_vae_slicing()
+            code = code.replace("pipe.enable_model_cpu_offload()", "").replace("pipe.enable_vae_slicing()", "pipe.vae.enable_slicing()")
+        scope: dict = {}
+        torch.manual_seed(0)
+        exec(compile(code, f"zeroscope_{lib}", "exec"), scope)
+        results[lib] = scope["video_frames"]
+    assert results["vidiff"].shape == results["diffusers"].shape == (4, 24, 32, 3)
+    assert np.abs(results["vidiff"] - results["diffusers"]).max() < 1e-4

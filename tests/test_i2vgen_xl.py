@@ -175,7 +175,7 @@ PIPE_CONFIGS = [
 
 @pytest.mark.parametrize("cfg", PIPE_CONFIGS, ids=lambda c: f"f{c['num_frames']}-{c['height']}x{c['width']}")
 def test_pipeline_matches_reference(ref, ours, cfg):
-    kw = dict(prompt="papers floating in a library", image=_image(), output_type="np", **cfg)
+    kw = {"prompt": "papers floating in a library", "image": _image(), "output_type": "np", **cfg}
     if isinstance(kw["image"], str):  # a (1, 3, h, w) tensor in [0, 1]
         kw["image"] = torch.from_numpy(np.asarray(_image(40, 48, seed=2), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     expected, got = _both(ref, ours, **kw)
@@ -308,15 +308,15 @@ generator=generator
 export_to_gif(frames, "i2v.gif")
 '''
 IMAGE_URL = "https://huggingface.co/datasets/diffusers/docs-images/resolve/main/i2vgen_xl_images/img_0009.png"
-# For speed on a CPU: float32 instead of float16 (fp16 arithmetic is emulated there), and 48x64 pixels x 4 frames
-# instead of the default 704x1280 x 16 (the tiny VAE downsamples by 2, not 8).
-SMALL = "height=48, width=64, num_frames=4,"
+# For speed on a CPU: float32 instead of float16 (fp16 arithmetic is emulated there), and 16x32 pixels x 2 frames
+# instead of the default 704x1280 x 16 (the tiny VAE downsamples by 2, not 8); the 50 steps are kept.
+SMALL = "height=16, width=32, num_frames=2,"
 
 
 def test_guide_sample_gives_reference_frames(tmp_path_factory, tmp_path, monkeypatch):
     tmp = tmp_path_factory.mktemp("i2vgen_guide")
     folder = tmp / "i2vgen"
-    ref_i2vgen_pipeline(tmp).save_pretrained(folder, variant="fp16")
+    ref_i2vgen_pipeline(tmp, layers_per_block=1).save_pretrained(folder, variant="fp16")
     png = io.BytesIO()
     _image(100, 70, seed=5).save(png, format="PNG")
     # no network here: the guide's image URL is answered from memory, through vidiff's own load_image
@@ -325,7 +325,7 @@ def test_guide_sample_gives_reference_frames(tmp_path_factory, tmp_path, monkeyp
 
     code = (GUIDE_SAMPLE.replace("from diffusers", "from vidiff").replace('"ali-vilab/i2vgen-xl"', repr(str(folder)))
             .replace("torch.float16", "torch.float32").replace("guidance_scale=9.0,", "guidance_scale=9.0, " + SMALL))
-    assert "diffusers" not in code and code.count(SMALL) == 1
+    assert "from diffusers" not in code and code.count(SMALL) == 1
     scope: dict = {}
     exec(compile(code, "guide_i2vgen_xl", "exec"), scope)
     assert (tmp_path / "i2v.gif").stat().st_size > 0
@@ -336,7 +336,8 @@ def test_guide_sample_gives_reference_frames(tmp_path_factory, tmp_path, monkeyp
     image = Image.open(io.BytesIO(png.getvalue())).convert("RGB")
     expected = ref(prompt="Papers were floating in the air on a table in the library", image=image, num_inference_steps=50,
                    negative_prompt=scope["negative_prompt"], guidance_scale=9.0, generator=torch.manual_seed(8888),
-                   height=48, width=64, num_frames=4).frames[0]
+                   height=16, width=32, num_frames=2).frames[0]
     expected = np.stack([np.asarray(f, dtype=np.float32) / 255 for f in expected])
-    assert got.shape == expected.shape == (4, 48, 64, 3)
-    assert np.abs(got - expected).max() <= 1 / 255  # PIL frames: at most one 8-bit step apart
+    assert got.shape == expected.shape == (2, 16, 32, 3)
+    # PIL frames: float differences around 1e-6 may move a value across a rounding edge, one 8-bit step
+    assert np.abs(got - expected).max() <= 1 / 255 and np.mean(got != expected) < 1e-3

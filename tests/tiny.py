@@ -181,13 +181,75 @@ def ref_i2vgen_unet(seed: int = 0, **overrides):
     return randomize(I2VGenXLUNet(**kwargs), seed)
 
 
-def ref_i2vgen_pipeline(tmp: Path, seed: int = 0, image_size: int = 32):
+def ref_i2vgen_pipeline(tmp: Path, seed: int = 0, image_size: int = 32, **unet_overrides):
     """A reference I2VGenXLPipeline of tiny random components (VAE scale factor 2, CLIP image size 32)."""
     from diffusers import DDIMScheduler, I2VGenXLPipeline
 
     pipe = I2VGenXLPipeline(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp),
                             image_encoder=clip_vision_encoder(seed, image_size=image_size, patch_size=8),
-                            feature_extractor=clip_image_processor(image_size), unet=ref_i2vgen_unet(seed),
+                            feature_extractor=clip_image_processor(image_size), unet=ref_i2vgen_unet(seed, **unet_overrides),
                             scheduler=DDIMScheduler(**I2VGEN_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------- Stable Diffusion 1.x (Text2Video-Zero)
+SD_DDIM = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+
+
+def ref_unet2d(seed: int = 0, **overrides):
+    """A tiny SD-1.x-shaped UNet2DConditionModel (two levels, cross-attention, 4 -> 4 channels)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=4, norm_num_groups=2)
+    kwargs.update(overrides)
+    return randomize(UNet2DConditionModel(**kwargs), seed)
+
+
+def ref_t2v_zero_pipeline(tmp: Path, seed: int = 0, scheduler=None):
+    """A reference TextToVideoZeroPipeline of tiny random components (VAE scale factor 2, no safety checker)."""
+    from diffusers import DDIMScheduler, TextToVideoZeroPipeline
+
+    pipe = TextToVideoZeroPipeline(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp),
+                                   unet=ref_unet2d(seed), scheduler=scheduler or DDIMScheduler(**SD_DDIM),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ref_controlnet(seed: int = 0, **overrides):
+    """A tiny ControlNetModel matching ref_unet2d (conditioning images at 2x the latent size, as ref_vae makes)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(block_out_channels=(32, 64), layers_per_block=1, in_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=4, norm_num_groups=2, conditioning_embedding_out_channels=(16, 32))
+    kwargs.update(overrides)
+    return randomize(ControlNetModel(**kwargs), seed + 7)
+
+
+def ref_sd_controlnet_pipeline(tmp: Path, seed: int = 0, controlnet=None):
+    """A reference StableDiffusionControlNetPipeline of tiny random components (no safety checker)."""
+    from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+    pipe = StableDiffusionControlNetPipeline(vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp),
+                                             unet=ref_unet2d(seed), controlnet=controlnet or ref_controlnet(seed),
+                                             scheduler=DDIMScheduler(**SD_DDIM), safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ref_pix2pix_pipeline(tmp: Path, seed: int = 0):
+    """A reference StableDiffusionInstructPix2PixPipeline of tiny random components (EulerAncestral, as the checkpoint)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=ref_vae(seed), text_encoder=clip_text_encoder(seed), tokenizer=clip_tokenizer(tmp), unet=ref_unet2d(seed, in_channels=8),
+        scheduler=EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -151,12 +151,13 @@ def evaluate(pipe, steps: int = 50, guidance: float = 9.0, frames: int = 8, batc
     return report, videos
 
 
-def check_detector(n: int = 300, size: int = 32, frames: int = 8) -> dict:
-    """The detector's accuracy on ground-truth clips of both splits."""
+def check_detector(n: int = 300, size: int = 32, frames: int = 8, transform=None) -> dict:
+    """The detector's accuracy on ground-truth clips of both splits (passed through ``transform`` if given)."""
     report = {}
     for split in data.SPLITS:
         specs = data.sample_specs(n, seed=12345, split=split)
         clips = data.render(specs, size, frames)
+        clips = transform(clips) if transform is not None else clips
         records = [{"want": data.parse_caption(s.caption), "got": detect(c)} for s, c in zip(specs, clips)]
         report[split] = score(records)
     return report
@@ -212,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model, "steps": args.steps, "guidance": args.guidance, **report}, indent=1))
     if args.strip:
-        items = prompt_sets()["unseen"][::6][:6]
-        picks = [prompt_sets()["unseen"].index(it) for it in items if it in prompt_sets()["unseen"]]
-        vids = [videos["unseen"][i] for i in picks if i < len(videos["unseen"])]
-        save_strip(args.strip, vids, [items[k][0] for k in range(len(vids))])
+        records = report["unseen"]["records"]
+        picks = list(range(0, len(records), max(1, len(records) // 6)))[:6]
+        save_strip(args.strip, [videos["unseen"][i] for i in picks], [records[i]["prompt"] for i in picks])
     return 0
 
 

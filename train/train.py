@@ -48,6 +48,7 @@ class TrainConfig:
     vae_batch: int = 64
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-5
+    latent_channels: int = 4
     # text encoder + denoiser
     text_hidden: int = 64
     text_layers: int = 2
@@ -116,7 +117,7 @@ def build_vae(cfg: TrainConfig):
     n = len(cfg.vae_channels)
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels, layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        block_out_channels=cfg.vae_channels, layers_per_block=1, latent_channels=cfg.latent_channels, norm_num_groups=8,
         sample_size=cfg.size, mid_block_add_attention=False,
     )  # fmt: skip
 
@@ -139,7 +140,7 @@ def build_unet(cfg: TrainConfig):
 
     n = len(cfg.unet_channels)
     return UNet3DConditionModel(
-        sample_size=cfg.size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
+        sample_size=cfg.size // 2 ** (len(cfg.vae_channels) - 1), in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
         down_block_types=("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",),
         up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1),
         block_out_channels=cfg.unet_channels, layers_per_block=1, norm_num_groups=8,
@@ -185,11 +186,25 @@ def train_vae(cfg: TrainConfig, clips: np.ndarray, log: Log):
 
 @torch.no_grad()
 def encode_clips(vae, clips: np.ndarray, batch: int = 512) -> torch.Tensor:
-    """Posterior means of every frame: (n, 4, f, h/4, w/4), unscaled."""
+    """Posterior means of every frame: (n, c, f, h/4, w/4), unscaled."""
     n, f = clips.shape[:2]
     flat = clips.reshape(n * f, *clips.shape[2:])
     out = torch.cat([vae.encode(to_pixels(flat[i : i + batch])).latent_dist.mean for i in range(0, len(flat), batch)])
     return out.reshape(n, f, *out.shape[1:]).transpose(1, 2).contiguous()  # n c f h w
+
+
+@torch.no_grad()
+def vae_check(vae, cfg: TrainConfig, n: int = 96) -> str:
+    """The evaluator's detector on VAE reconstructions of held-out clips: what the decoder can show at best."""
+    from .evaluate import check_detector
+
+    def reconstruct(clips: np.ndarray) -> np.ndarray:
+        x = to_pixels(np.round(clips * 255).astype(np.uint8)).flatten(0, 1)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1).add(1).div(2)
+        return y.movedim(1, -1).reshape(clips.shape).numpy()
+
+    report = check_detector(n, cfg.size, cfg.frames, transform=reconstruct)["held_out"]
+    return ", ".join(f"{k} {report[k]:.0%}" for k in ("colour", "shape", "motion", "background"))
 
 
 @torch.no_grad()
@@ -264,7 +279,7 @@ def train_denoiser(cfg: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, e
 
 
 # ------------------------------------------------------------------------------------------------ main
-def train(cfg: TrainConfig, out: Path, work: Path) -> Path:
+def train(cfg: TrainConfig, out: Path, work: Path, vae_from: Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     log = Log()
@@ -277,8 +292,15 @@ def train(cfg: TrainConfig, out: Path, work: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     clips, captions = make_clips(cfg, log)
 
-    vae = train_vae(cfg, clips, log)
-    log(f"vae: reconstruction PSNR {vae_psnr(vae, clips):.1f} dB")
+    if vae_from is None:
+        vae = train_vae(cfg, clips, log)
+        vae.save_pretrained(work / "vae")
+    else:
+        from vidiff import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(vae_from).eval().requires_grad_(False)
+        log(f"vae: loaded from {vae_from}")
+    log(f"vae: reconstruction PSNR {vae_psnr(vae, clips):.1f} dB, detector on reconstructions {vae_check(vae, cfg)}")
     latents = encode_clips(vae, clips)
     scale = float(1.0 / latents.std())
     latents = latents * scale
@@ -322,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--vae-from", default=None, help="skip stage 1: load this AutoencoderKL folder (experiments)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields, e.g. unet_steps=500")
     args = p.parse_args(argv)
     cfg = TrainConfig(**PRESETS[args.preset])
@@ -333,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = json.loads(value) if not value.isidentifier() else value
     cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
     out = Path(args.out)
-    train(cfg, out, Path(args.work) if args.work else out.with_name(out.name + ".work"))
+    work = Path(args.work) if args.work else out.with_name(out.name + ".work")
+    train(cfg, out, work, Path(args.vae_from) if args.vae_from else None)
     return 0
 
 

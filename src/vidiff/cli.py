@@ -1,4 +1,5 @@
-"""The ``vidiff`` command: ``vidiff generate`` (text -> video) and ``vidiff upscale`` (video -> video)."""
+"""The ``vidiff`` command: ``vidiff generate`` (text -> video, or image -> video with ``--image`` on a Stable Video
+Diffusion checkpoint) and ``vidiff upscale`` (video -> video)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+SVD = "StableVideoDiffusionPipeline"
+SVD_DEFAULT_FPS, DEFAULT_FPS = 7, 8
 
 
 class CliError(Exception):
@@ -27,14 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="checkpoint: a diffusers-format folder or a hub id")
-    p.add_argument("--prompt", required=True, help="what the video should show")
+    p.add_argument("--prompt", required=prompt_required, default=None,
+                   help="what the video should show" + ("" if prompt_required else " (text-to-video models)"))
     p.add_argument("--negative-prompt", default=None, help="what the video should avoid")
     p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the pipeline's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same video (default 0)")
-    p.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the written file (default 8)")
+    p.add_argument("--fps", type=_positive_int, default=None,
+                   help="frames per second of the written file (default 8; SVD: 7, also its fps conditioning)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' precision (default float32)")
     p.add_argument("--variant", default=None, help='weight file variant to load, e.g. "fp16"')
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: an accelerator if present, else cpu)")
@@ -47,11 +54,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidiff", description="Make short videos with diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="text -> video")
-    _common(gen)
+    gen = sub.add_parser("generate", help="text -> video, or image -> video (--image, Stable Video Diffusion)")
+    _common(gen, prompt_required=False)
     gen.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default: the pipeline's)")
     gen.add_argument("--height", type=_positive_int, default=None, help="frame height in pixels, a multiple of 8")
     gen.add_argument("--width", type=_positive_int, default=None, help="frame width in pixels, a multiple of 8")
+    svd = gen.add_argument_group("image-to-video (Stable Video Diffusion checkpoints)")
+    svd.add_argument("--image", default=None, help="first frame: an image file or URL (required for SVD)")
+    svd.add_argument("--motion-bucket-id", type=int, default=None, help="amount of motion, higher moves more (default 127)")
+    svd.add_argument("--noise-aug-strength", type=float, default=None, help="noise added to the image, >= 0 (default 0.02)")
+    svd.add_argument("--min-guidance", type=float, default=None, help="guidance scale of the first frame (default 1.0)")
+    svd.add_argument("--max-guidance", type=float, default=None, help="guidance scale of the last frame (default 3.0; <= 1: off)")
     up = sub.add_parser("upscale", help="video -> video (e.g. zeroscope_v2_XL refining a zeroscope_v2_576w clip)")
     _common(up)
     up.add_argument("--video", required=True, help="input video file (mp4, gif, webm...)")
@@ -79,7 +92,7 @@ def _load(args: argparse.Namespace, kind: str):
         transformers.utils.logging.disable_progress_bar()
     dtype = getattr(torch, DTYPES[args.dtype])
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, variant=args.variant)
-    accepted = {"generate": ("TextToVideoSDPipeline",), "upscale": ("VideoToVideoSDPipeline", "TextToVideoSDPipeline")}[kind]
+    accepted = {"generate": ("TextToVideoSDPipeline", SVD), "upscale": ("VideoToVideoSDPipeline", "TextToVideoSDPipeline")}[kind]
     if type(pipe).__name__ not in accepted:
         raise CliError(f"{args.model} holds a {type(pipe).__name__}; `vidiff {kind}` needs one of {list(accepted)}")
     if kind == "upscale" and type(pipe).__name__ != "VideoToVideoSDPipeline":
@@ -102,6 +115,71 @@ def _check_args(args: argparse.Namespace) -> None:
             raise CliError(f"--{name} must be a multiple of 8, got {value}")
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
+    for flag in ("noise_aug_strength", "min_guidance", "max_guidance"):
+        value = getattr(args, flag, None)
+        if value is not None and not math.isfinite(value):
+            raise CliError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if getattr(args, "noise_aug_strength", None) is not None and args.noise_aug_strength < 0:
+        raise CliError(f"--noise-aug-strength must be at least 0, got {args.noise_aug_strength}")
+    if args.command == "generate":
+        low = 1.0 if args.min_guidance is None else args.min_guidance
+        high = 3.0 if args.max_guidance is None else args.max_guidance
+        if low > high:
+            raise CliError(f"--min-guidance ({low}) is larger than --max-guidance ({high}); guidance ramps from min (first frame) to max (last)")
+
+
+def _pipeline_class_name(model: str) -> str | None:
+    """The pipeline class a local folder's model_index.json names (None for a hub id: known after loading)."""
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return None
+    from .configuration import read_json
+
+    name = read_json(index).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def _check_generate_mode(args: argparse.Namespace, class_name: str | None) -> None:
+    """Image-to-video options only with an SVD checkpoint, a prompt only (and always) with a text-to-video one."""
+    svd_flags = {"--image": args.image, "--motion-bucket-id": args.motion_bucket_id, "--noise-aug-strength": args.noise_aug_strength,
+                 "--min-guidance": args.min_guidance, "--max-guidance": args.max_guidance}
+    if class_name is None:
+        if args.prompt is None and args.image is None:
+            raise CliError("pass --prompt (text-to-video models) or --image (image-to-video models such as Stable Video Diffusion)")
+    elif class_name == SVD:
+        if args.image is None:
+            raise CliError(f"{args.model} is an image-to-video model ({SVD}); pass --image with the first frame, e.g. --image first.png")
+        text = [flag for flag, v in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt), ("--guidance", args.guidance)) if v is not None]
+        if text:
+            raise CliError(f"{args.model} is an image-to-video model ({SVD}) and takes no {', '.join(text)}; "
+                           "set guidance with --min-guidance / --max-guidance")
+    else:
+        given = [flag for flag, v in svd_flags.items() if v is not None]
+        if given:
+            raise CliError(f"{given[0]} needs an image-to-video checkpoint (e.g. stabilityai/stable-video-diffusion-img2vid-xt); "
+                           f"{args.model} is a {class_name}")
+        if args.prompt is None:
+            raise CliError(f"{args.model} is a text-to-video model ({class_name}); pass --prompt")
+
+
+def _read_image(args: argparse.Namespace):
+    from .media import load_image
+
+    if not Path(args.image).exists() and not str(args.image).startswith(("http://", "https://")):
+        raise CliError(f"--image {args.image}: no such file")
+    return load_image(args.image)
+
+
+def _svd_kwargs(args: argparse.Namespace, image) -> dict[str, Any]:
+    import torch
+
+    kwargs: dict[str, Any] = {"image": image, "generator": torch.Generator("cpu").manual_seed(args.seed),
+                              "decode_chunk_size": args.decode_chunk_size, "fps": args.fps or SVD_DEFAULT_FPS}
+    optional = {"num_inference_steps": args.steps, "num_frames": args.frames, "height": args.height, "width": args.width,
+                "motion_bucket_id": args.motion_bucket_id, "noise_aug_strength": args.noise_aug_strength,
+                "min_guidance_scale": args.min_guidance, "max_guidance_scale": args.max_guidance}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return kwargs
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,16 +232,22 @@ def run(args: argparse.Namespace) -> Path:
     if args.command == "upscale" and not 0.0 <= args.strength <= 1.0:
         raise CliError(f"--strength must be between 0 and 1, got {args.strength}")
     video = _read_video(args) if args.command == "upscale" else None
-    pipe = _load(args, args.command)
-    kwargs = _call_kwargs(args)
     if args.command == "generate":
-        extra = {"num_frames": args.frames, "height": args.height, "width": args.width}
+        _check_generate_mode(args, _pipeline_class_name(args.model))
+    image = _read_image(args) if args.command == "generate" and args.image is not None else None
+    pipe = _load(args, args.command)
+    is_svd = type(pipe).__name__ == SVD
+    if args.command == "generate":
+        _check_generate_mode(args, type(pipe).__name__)  # a hub id's class is known only now
+        kwargs = _svd_kwargs(args, image) if is_svd else _call_kwargs(args)
+        extra = {} if is_svd else {"num_frames": args.frames, "height": args.height, "width": args.width}
         kwargs.update({k: v for k, v in extra.items() if v is not None})
     else:
+        kwargs = _call_kwargs(args)
         kwargs.update(video=video, strength=args.strength)
     start = time.perf_counter()
     frames = pipe(**kwargs).frames[0]
-    _write(frames, out, args.fps)
+    _write(frames, out, args.fps or (SVD_DEFAULT_FPS if is_svd else DEFAULT_FPS))
     logging.getLogger("vidiff").info("generated in %.1fs", time.perf_counter() - start)
     return out
 

@@ -89,7 +89,8 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, **kwargs: Any):
     if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
         raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
 
-    passed = [k for k in kwargs if not k.startswith("_")]
+    # components the pipeline never loads (e.g. safety_checker) are not downloaded either
+    passed = [k for k in kwargs if not k.startswith("_")] + list(getattr(cls, "_not_loaded_components", ()))
     folder = _resolve_folder(name_or_path, hub_kwargs, variant, use_safetensors, allow_pickle, passed)
     index = read_json(folder / "model_index.json")
     pipe_cls = pipeline_class_for(cls, index, str(folder))
@@ -104,6 +105,16 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, **kwargs: Any):
             components[name] = overrides[name]
             continue
         entry = index.get(name)
+        if name in getattr(pipe_cls, "_not_loaded_components", ()):
+            if isinstance(entry, list) and entry[-1] is not None:
+                logger.warning("%s: vidiff has no %s; %s is not loaded and images are not filtered (pass %s=None to silence this)", pipe_cls.__name__, name, entry[-1], name)
+            components[name] = None
+            continue
+        if entry is not None and not isinstance(entry, list):  # a config value such as requires_safety_checker
+            components[name] = entry
+            continue
+        if entry is None and not _required(pipe_cls, name) and name not in pipe_cls._optional_components:
+            continue  # an __init__ argument with a default the folder does not set
         if entry is None or entry == [None, None] or (isinstance(entry, list) and entry[1] is None):
             if name not in pipe_cls._optional_components and _required(pipe_cls, name):
                 raise ConfigError(f"{folder}/model_index.json has no component {name!r}, which {pipe_cls.__name__} needs; pass {name}=... to from_pretrained")

@@ -152,6 +152,26 @@ class _AnimateDiffBase(DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoad
                     callback=callback, callback_steps=callback_steps if callback_steps is not None else 1)
 
 
+def _resize_pil_frames(video: Any, height: int, width: int) -> Any:
+    """PIL frames resized with Lanczos before conversion (the reference's rule for PIL input)."""
+    from PIL import Image
+
+    if isinstance(video, Image.Image):
+        return video.resize((width, height), resample=Image.Resampling.LANCZOS)
+    if isinstance(video, (list, tuple)):
+        return [_resize_pil_frames(v, height, width) for v in video]
+    return video
+
+
+def resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(b, c, f, h, w) -> (b, c, f, height, width), nearest-neighbour (the reference's rule for arrays and tensors)."""
+    b, c, f, h, w = video.shape
+    if (h, w) == (height, width):
+        return video
+    frames = torch.nn.functional.interpolate(video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), size=(height, width))
+    return frames.reshape(b, f, c, height, width).permute(0, 2, 1, 3, 4)
+
+
 def _legacy_callback_kwargs(kwargs: dict[str, Any], name: str) -> tuple[Callable | None, int | None]:
     """The reference's deprecated ``callback`` / ``callback_steps`` keyword arguments; anything else is refused."""
     callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
@@ -274,18 +294,20 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffBase):
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
         return self.scheduler.add_noise(init, noise, timestep).permute(0, 2, 1, 3, 4)
 
-    def _video_tensor(self, video: Any, batch_size: int) -> torch.Tensor:
-        """User video(s) -> (b, f, c, h, w) in [-1, 1], one clip per prompt, checked before any model runs."""
-        video_t = preprocess_video(video)  # b c f h w
+    def _video_tensor(self, video: Any, height: int, width: int, batch_size: int, per_prompt: int) -> torch.Tensor:
+        """User video(s) -> (b, f, c, h, w) in [-1, 1] at ``height`` x ``width``, one clip per generated video."""
+        video_t = resize_video(preprocess_video(_resize_pil_frames(video, height, width)), height, width)  # b c f h w
         if video_t.shape[1] != 3:
             raise ValueError(f"video frames must be RGB (3 channels), got {video_t.shape[1]}; to start from latents pass `latents=`")
-        check_size(int(video_t.shape[-2]), int(video_t.shape[-1]), self.vae_scale_factor)
         self.check_num_frames(int(video_t.shape[2]))
-        if video_t.shape[0] == 1 and batch_size > 1:
+        n = video_t.shape[0]
+        if n == 1 and batch_size > 1:
             video_t = video_t.repeat(batch_size, 1, 1, 1, 1)
-        elif video_t.shape[0] != batch_size:
-            raise ValueError(f"got {video_t.shape[0]} videos for a batch of {batch_size} (prompts x num_videos_per_prompt); "
-                             "pass one video or one per generated video")
+        elif n * per_prompt == batch_size and per_prompt > 1:
+            video_t = video_t.repeat_interleave(per_prompt, dim=0)
+        elif n != batch_size:
+            raise ValueError(f"got {n} videos for {batch_size // per_prompt} prompts x {per_prompt} videos per prompt; pass one "
+                             "video, one per prompt, or one per generated video")
         return video_t.permute(0, 2, 1, 3, 4)
 
     def check_strength(self, strength: Any, num_inference_steps: int, enforce_inference_steps: bool, timesteps, sigmas) -> None:
@@ -341,8 +363,10 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffBase):
     ):
         """Re-render ``video`` guided by ``prompt``: encode it, noise it to ``strength``, denoise.
 
+        The frames are resized to ``height`` x ``width`` (default: the UNet's sample size, 512 for SD 1.5), PIL frames
+        with Lanczos and arrays/tensors with nearest-neighbour, as the reference's video processor does.
         ``latents`` (b, c, f, h/8, w/8) replaces ``video``: taken as already noised, or noised to the first timestep
-        with ``enforce_inference_steps=True``. ``height``/``width`` only shape-check ``latents``; a video keeps its size.
+        with ``enforce_inference_steps=True``.
         """
         height, width = self._sizes(height, width)
         check_size(height, width, self.vae_scale_factor)
@@ -354,7 +378,7 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffBase):
             raise ValueError("pass exactly one of `video` (the frames to re-render) and `latents`")
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_videos_per_prompt
         check_generator(generator, batch_size)
-        video_t = self._video_tensor(video, batch_size) if video is not None else None
+        video_t = self._video_tensor(video, height, width, batch_size, num_videos_per_prompt) if video is not None else None
         if latents is not None:
             if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
                 raise ValueError("latents must be a 5-D tensor (batch, channels, frames, height/8, width/8)")

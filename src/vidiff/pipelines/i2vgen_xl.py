@@ -52,6 +52,15 @@ def as_pil_images(image: Any) -> list[PIL.Image.Image]:
     return images
 
 
+def _negative_texts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
+    if negative_prompt is None:
+        return [""] * batch_size
+    texts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(texts) != batch_size:
+        raise ValueError(f"`negative_prompt` has {len(texts)} entries but the batch has {batch_size} prompts")
+    return texts
+
+
 class I2VGenXLPipeline(DiffusionPipeline):
     """Image + text -> video (ali-vilab/i2vgen-xl)."""
 
@@ -78,19 +87,19 @@ class I2VGenXLPipeline(DiffusionPipeline):
         """(prompt_embeds, negative_prompt_embeds), each repeated per video; negatives only with guidance. Unlike the
         text-to-video pipelines, ``clip_skip`` applies to the negative prompt too (reference rule)."""
         batch_size = prompt_batch_size(prompt, prompt_embeds)
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype if self.unet is not None else None
+        owner = self.text_encoder if self.text_encoder is not None else self.unet
+        dtype = owner.dtype if owner is not None else None
         prompt_embeds, _ = encode_prompt(self.tokenizer, self.text_encoder, prompt, device, num_videos_per_prompt, False,
                                          prompt_embeds=prompt_embeds, clip_skip=clip_skip, dtype=dtype)
         if not self.do_classifier_free_guidance:
             return prompt_embeds, negative_prompt_embeds
         if negative_prompt_embeds is None:
-            texts = [""] * batch_size if negative_prompt is None else [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(texts) != batch_size:
-                raise ValueError(f"`negative_prompt` has {len(texts)} entries but the batch has {batch_size} prompts")
+            texts = _negative_texts(negative_prompt, batch_size)
             tokens = _tokenize(self.tokenizer, texts, prompt_embeds.shape[1])
-            negative_prompt_embeds = _run_text_encoder(self.text_encoder, tokens.input_ids, _mask(self.text_encoder, tokens, device), device, clip_skip)
-        negative_prompt_embeds = repeat_embeds(negative_prompt_embeds.to(dtype=prompt_embeds.dtype, device=device), num_videos_per_prompt)
-        return prompt_embeds, negative_prompt_embeds
+            mask = _mask(self.text_encoder, tokens, device)
+            negative_prompt_embeds = _run_text_encoder(self.text_encoder, tokens.input_ids, mask, device, clip_skip)
+        negative_prompt_embeds = negative_prompt_embeds.to(dtype=prompt_embeds.dtype, device=device)
+        return prompt_embeds, repeat_embeds(negative_prompt_embeds, num_videos_per_prompt)
 
     def _encode_image(self, image, device, num_videos_per_prompt) -> torch.Tensor:
         """CLIP image embeddings (b n, 1, d), zeros in front with guidance. ``image``: PIL images at the encoder's size,

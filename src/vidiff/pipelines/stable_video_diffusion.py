@@ -22,7 +22,7 @@ import torch
 from ..runtime.random import randn_tensor
 from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_positive_int, check_size
 from .common import check_decode_chunk_size
-from .image_encoding import ImageInput, Images, clip_pixel_values, clip_size, image_embeddings, load_images, vae_pixels
+from .image_encoding import ImageInput, clip_pixel_values, clip_size, image_embeddings, load_images, vae_pixels
 from .video_io import VideoPipelineOutput, check_output_type, postprocess_video
 
 StableVideoDiffusionPipelineOutput = VideoPipelineOutput
@@ -62,17 +62,17 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
     @property
     def guidance_scale(self) -> float | torch.Tensor:
         """``max_guidance_scale`` while encoding, then the per-frame scales ``(b, f, 1, 1, 1)``."""
-        return self._guidance_scale
+        return getattr(self, "_guidance_scale", 1.0)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        g = self._guidance_scale
+        g = self.guidance_scale
         return bool(g > 1) if isinstance(g, (int, float)) else bool(g.max() > 1)
 
     # ----------------------------------------------------------------- stages
-    def _encode_image(self, image: Images, device, num_videos_per_prompt: int, do_classifier_free_guidance: bool) -> torch.Tensor:
+    def _encode_image(self, image: ImageInput, device, num_videos_per_prompt: int, do_classifier_free_guidance: bool) -> torch.Tensor:
         """CLIP embedding of each image: ``((2) b n, 1, d)``."""
-        pixels = clip_pixel_values(image, self.feature_extractor, clip_size(self.image_encoder))
+        pixels = clip_pixel_values(load_images(image), self.feature_extractor, clip_size(self.image_encoder))
         return image_embeddings(self.image_encoder, pixels, device, num_videos_per_prompt, do_classifier_free_guidance)
 
     def _encode_vae_image(self, image: torch.Tensor, device, num_videos_per_prompt: int, do_classifier_free_guidance: bool) -> torch.Tensor:

@@ -8,7 +8,6 @@ so here Gauss-Legendre quadrature gives the integral exactly and scipy is not ne
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import ClassVar
 
 import numpy as np
@@ -19,8 +18,6 @@ from . import schedules
 from .base import ScheduleConfig, SchedulerOutput
 from .euler_ancestral_discrete import DiscreteSigmaSchedulerMixin, check_num_inference_steps
 from .updates import euler_x0, lms_coefficient
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
