@@ -79,3 +79,21 @@ def test_upscale_missing_video(folder, tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "vidiff.cli", "generate", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--prompt" in out and "--frames" in out
+
+
+def test_generate_picks_i2vgen_xl_from_the_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    from tiny import ref_i2vgen_pipeline
+
+    ref_i2vgen_pipeline(tmp_path).save_pretrained(tmp_path / "i2v")
+    image = tmp_path / "first.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8")).save(image)
+    out = tmp_path / "i2v.gif"
+    argv = ["generate", "--model", str(tmp_path / "i2v"), "--image", str(image), "--prompt", "papers flying",
+            "--frames", "2", "--steps", "2", "--height", "16", "--width", "32", "--quiet", "-o", str(out)]
+    assert main(argv) == 0
+    frames = load_video(str(out))
+    assert len(frames) == 2 and frames[0].size == (32, 16)
+    assert main(argv[:5] + argv[7:]) == 2  # no --prompt: a one-line error
+    assert "--prompt" in capsys.readouterr().err

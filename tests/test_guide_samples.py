@@ -88,7 +88,7 @@ pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
 pipe.enable_vae_slicing()
 
 prompt = "Darth Vader surfing a wave"
-video_frames = pipe(prompt, num_frames=4).frames[0]
+video_frames = pipe(prompt, num_frames=3, num_inference_steps=3).frames[0]
 video_path = export_to_video(video_frames)
 
 pipe = DiffusionPipeline.from_pretrained("cerspense/zeroscope_v2_XL", torch_dtype=torch.float32)
@@ -99,15 +99,15 @@ pipe.enable_model_cpu_offload()
 pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
 pipe.enable_vae_slicing()
 
-video = [Image.fromarray((frame * 255).round().astype("uint8")).resize((32, 24)) for frame in video_frames]
+video = [Image.fromarray((frame * 255).round().astype("uint8")).resize((24, 16)) for frame in video_frames]
 
-video_frames = pipe(prompt, video=video, strength=0.6).frames[0]
+video_frames = pipe(prompt, video=video, strength=0.6, num_inference_steps=5).frames[0]
 '''
 
 
 def test_zeroscope_sample_matches_reference(tmp_path, monkeypatch):
     """The docs' Zeroscope sample with the import changed. Scaled for a CPU test: float32 instead of float16,
-    num_frames=4 instead of 24, a 32x24 upscale instead of 1024x576, and the float frames quantised before
+    num_frames=3 instead of 24, 3 / 5 steps instead of 50, a 24x16 upscale instead of 1024x576, and the float frames quantised before
     Image.fromarray (the docs' code predates float frames; both libraries need it)."""
     import diffusers
 
@@ -129,9 +129,14 @@ def test_zeroscope_sample_matches_reference(tmp_path, monkeypatch):
             code = code.replace("from diffusers", "from vidiff")
         else:  # the reference needs an accelerator for offload and dropped pipe.enable_vae_slicing()
             code = code.replace("pipe.enable_model_cpu_offload()", "").replace("pipe.enable_vae_slicing()", "pipe.vae.enable_slicing()")
+            code = code.replace("video_path = export_to_video(video_frames)", "")  # its exporter needs OpenCV
         scope: dict = {}
         torch.manual_seed(0)
         exec(compile(code, f"zeroscope_{lib}", "exec"), scope)
         results[lib] = scope["video_frames"]
-    assert results["vidiff"].shape == results["diffusers"].shape == (4, 24, 32, 3)
+        if lib == "vidiff":
+            from pathlib import Path
+
+            assert Path(scope["video_path"]).stat().st_size > 0
+    assert results["vidiff"].shape == results["diffusers"].shape == (3, 16, 24, 3)
     assert np.abs(results["vidiff"] - results["diffusers"]).max() < 1e-4

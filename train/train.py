@@ -48,6 +48,7 @@ class TrainConfig:
     vae_batch: int = 64
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-5
+    vae_fg_weight: float = 4.0  # extra loss weight on the shape's pixels (a few % of the frame)
     latent_channels: int = 4
     # text encoder + denoiser
     text_hidden: int = 64
@@ -158,8 +159,24 @@ def build_scheduler(clip_range: float):
 
 
 # ------------------------------------------------------------------------------------------------ stage 1: VAE
+def foreground_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """1 on the background (the median border colour of each frame), ``1 + weight`` on the shape: (b 1 h w)."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # b 3 4w
+    bg = border.median(dim=-1).values[..., None, None]  # b 3 1 1
+    return 1.0 + weight * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.05).float()
+
+
+def init_small_posterior_std(vae, logvar: float = -6.0) -> None:
+    """Start the posterior's log-variance at ``logvar`` (std 0.05) so that sampled latents carry signal from step 0."""
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:].zero_()
+        vae.quant_conv.bias[c:].fill_(logvar)
+
+
 def train_vae(cfg: TrainConfig, clips: np.ndarray, log: Log):
     vae = build_vae(cfg).train()
+    init_small_posterior_std(vae)
     log(f"vae: {vae.num_parameters() / 1e6:.2f}M parameters, {cfg.vae_steps} steps of {cfg.vae_batch} frames")
     frames = clips.reshape(-1, cfg.size, cfg.size, 3)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -171,7 +188,8 @@ def train_vae(cfg: TrainConfig, clips: np.ndarray, log: Log):
         x = to_pixels(frames[rng.integers(len(frames), size=cfg.vae_batch)])  # b 3 h w
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(gen)).sample
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        err = recon - x
+        rec = (foreground_weights(x, cfg.vae_fg_weight) * (err.abs() + err.pow(2))).mean()
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
         loss = rec + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)

@@ -15,7 +15,8 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 
 
 SVD = "StableVideoDiffusionPipeline"
-SVD_DEFAULT_FPS, DEFAULT_FPS = 7, 8
+I2VGEN = "I2VGenXLPipeline"
+SVD_DEFAULT_FPS, DEFAULT_FPS, I2VGEN_DEFAULT_FPS = 7, 8, 16
 
 
 class CliError(Exception):
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=_positive_int, default=None, help="frame height in pixels, a multiple of 8")
     gen.add_argument("--width", type=_positive_int, default=None, help="frame width in pixels, a multiple of 8")
     svd = gen.add_argument_group("image-to-video (Stable Video Diffusion checkpoints)")
-    svd.add_argument("--image", default=None, help="first frame: an image file or URL (required for SVD)")
+    svd.add_argument("--image", default=None, help="first frame: an image file or URL (required for SVD and I2VGen-XL)")
     svd.add_argument("--motion-bucket-id", type=int, default=None, help="amount of motion, higher moves more (default 127)")
     svd.add_argument("--noise-aug-strength", type=float, default=None, help="noise added to the image, >= 0 (default 0.02)")
     svd.add_argument("--min-guidance", type=float, default=None, help="guidance scale of the first frame (default 1.0)")
@@ -92,7 +93,7 @@ def _load(args: argparse.Namespace, kind: str):
         transformers.utils.logging.disable_progress_bar()
     dtype = getattr(torch, DTYPES[args.dtype])
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, variant=args.variant)
-    accepted = {"generate": ("TextToVideoSDPipeline", SVD), "upscale": ("VideoToVideoSDPipeline", "TextToVideoSDPipeline")}[kind]
+    accepted = {"generate": ("TextToVideoSDPipeline", SVD, I2VGEN), "upscale": ("VideoToVideoSDPipeline", "TextToVideoSDPipeline")}[kind]
     if type(pipe).__name__ not in accepted:
         raise CliError(f"{args.model} holds a {type(pipe).__name__}; `vidiff {kind}` needs one of {list(accepted)}")
     if kind == "upscale" and type(pipe).__name__ != "VideoToVideoSDPipeline":
@@ -146,6 +147,14 @@ def _check_generate_mode(args: argparse.Namespace, class_name: str | None) -> No
     if class_name is None:
         if args.prompt is None and args.image is None:
             raise CliError("pass --prompt (text-to-video models) or --image (image-to-video models such as Stable Video Diffusion)")
+    elif class_name == I2VGEN:
+        missing = [flag for flag, v in (("--image", args.image), ("--prompt", args.prompt)) if v is None]
+        if missing:
+            raise CliError(f"{args.model} is an image+text-to-video model ({I2VGEN}); pass {' and '.join(missing)}, "
+                           "e.g. --image first.png --prompt 'papers floating in a library'")
+        svd_only = [flag for flag, v in svd_flags.items() if flag != "--image" and v is not None]
+        if svd_only:
+            raise CliError(f"{', '.join(svd_only)} apply to Stable Video Diffusion only, not to {I2VGEN} ({args.model}); use --guidance")
     elif class_name == SVD:
         if args.image is None:
             raise CliError(f"{args.model} is an image-to-video model ({SVD}); pass --image with the first frame, e.g. --image first.png")
@@ -179,6 +188,14 @@ def _svd_kwargs(args: argparse.Namespace, image) -> dict[str, Any]:
                 "motion_bucket_id": args.motion_bucket_id, "noise_aug_strength": args.noise_aug_strength,
                 "min_guidance_scale": args.min_guidance, "max_guidance_scale": args.max_guidance}
     kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return kwargs
+
+
+def _i2vgen_kwargs(args: argparse.Namespace, image) -> dict[str, Any]:
+    kwargs = _call_kwargs(args)
+    kwargs.update(image=image, target_fps=args.fps or I2VGEN_DEFAULT_FPS)
+    if kwargs["decode_chunk_size"] is None:
+        del kwargs["decode_chunk_size"]  # the pipeline's default (1 frame at a time) keeps 704x1280 decoding small
     return kwargs
 
 
@@ -236,10 +253,10 @@ def run(args: argparse.Namespace) -> Path:
         _check_generate_mode(args, _pipeline_class_name(args.model))
     image = _read_image(args) if args.command == "generate" and args.image is not None else None
     pipe = _load(args, args.command)
-    is_svd = type(pipe).__name__ == SVD
+    is_svd, is_i2vgen = type(pipe).__name__ == SVD, type(pipe).__name__ == I2VGEN
     if args.command == "generate":
         _check_generate_mode(args, type(pipe).__name__)  # a hub id's class is known only now
-        kwargs = _svd_kwargs(args, image) if is_svd else _call_kwargs(args)
+        kwargs = _svd_kwargs(args, image) if is_svd else _i2vgen_kwargs(args, image) if is_i2vgen else _call_kwargs(args)
         extra = {} if is_svd else {"num_frames": args.frames, "height": args.height, "width": args.width}
         kwargs.update({k: v for k, v in extra.items() if v is not None})
     else:
@@ -247,7 +264,7 @@ def run(args: argparse.Namespace) -> Path:
         kwargs.update(video=video, strength=args.strength)
     start = time.perf_counter()
     frames = pipe(**kwargs).frames[0]
-    _write(frames, out, args.fps or (SVD_DEFAULT_FPS if is_svd else DEFAULT_FPS))
+    _write(frames, out, args.fps or (SVD_DEFAULT_FPS if is_svd else I2VGEN_DEFAULT_FPS if is_i2vgen else DEFAULT_FPS))
     logging.getLogger("vidiff").info("generated in %.1fs", time.perf_counter() - start)
     return out
 

@@ -70,9 +70,11 @@ def _component_variant(sub: Path, variant: str | None) -> str | None:
 
     if variant is None or not sub.is_dir():
         return variant
-    if has_variant([f.name for f in sub.iterdir()], variant):
+    names = [f.name for f in sub.iterdir()]
+    if has_variant(names, variant):
         return variant
-    logger.warning("component %s has no %r weights; loading its default weights", sub.name, variant)
+    if any(n.endswith((".safetensors", ".bin", ".ckpt")) for n in names):  # weights, just not this variant
+        logger.warning("component %s has no %r weights; loading its default weights", sub.name, variant)
     return None
 
 

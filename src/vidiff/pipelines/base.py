@@ -306,7 +306,7 @@ def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...]) -> None:
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     if tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)} (batch, channels, frames, height/8, width/8)")
+        raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)} for this batch, frame count and size")
     if not torch.isfinite(latents).all():
         raise ValueError("latents contain NaN or infinity")
 
