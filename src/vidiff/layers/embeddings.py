@@ -130,6 +130,23 @@ class TimestepEmbedding(nn.Module):
         return sample
 
 
+def add_unet_stem(unet: nn.Module, in_channels: int, width: int, time_embed_dim: int, *, conv_kernel: int = 3,
+                  flip_sin_to_cos: bool = True, freq_shift: float = 0, **embedding_options) -> None:
+    """Register a UNet's ``conv_in`` (``in_channels`` -> ``width``), ``time_proj`` (sinusoidal, ``width`` wide) and
+    ``time_embedding`` (MLP to ``time_embed_dim``; ``embedding_options`` go to ``TimestepEmbedding``), in that order."""
+    unet.conv_in = nn.Conv2d(in_channels, width, kernel_size=conv_kernel, padding=(conv_kernel - 1) // 2)
+    unet.time_proj = Timesteps(width, flip_sin_to_cos, freq_shift)
+    unet.time_embedding = TimestepEmbedding(width, time_embed_dim, **embedding_options)
+
+
+def add_text_time_embedding(unet: nn.Module, addition_time_embed_dim: int, projection_dim: int, time_embed_dim: int,
+                            flip_sin_to_cos: bool = True, freq_shift: float = 0) -> None:
+    """Register the SDXL-style ``add_time_proj`` (sinusoidal time ids) and ``add_embedding`` (pooled text + time ids
+    -> ``time_embed_dim``)."""
+    unet.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+    unet.add_embedding = TimestepEmbedding(projection_dim, time_embed_dim)
+
+
 class SinusoidalPositionalEmbedding(nn.Module):
     """Adds fixed sin/cos position codes to a (batch, seq, dim) sequence (buffer ``pe``: 1 max_seq_length dim)."""
 

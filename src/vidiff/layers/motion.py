@@ -19,16 +19,8 @@ import torch
 from torch import nn
 
 from .transformers import TransformerTemporalModel
-from .unet_2d_blocks import (
-    DownBlockBase,
-    MidBlockBase,
-    MotionFactory,
-    UpBlockBase,
-    transformer_inputs,
-    attention_options,
-    per_layer,
-    resnet_options,
-)
+from .unet_2d_blocks import DownBlockBase, MidBlockBase, MotionFactory, UpBlockBase, attention_options, transformer_inputs
+from .unet_passes import per_layer, resnet_options
 
 
 class AnimateDiffTransformer3D(TransformerTemporalModel):

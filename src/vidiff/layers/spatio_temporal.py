@@ -23,9 +23,10 @@ from torch import nn
 
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
-from .resnets import Downsample2D, ResnetBlock2D, Upsample2D
+from .resnets import ResnetBlock2D
 from .temporal import fold_frames, unfold_frames
 from .transformers import BasicTransformerBlock, FeedForward, TransformerTemporalModelOutput, chunked_feed_forward
+from .unet_passes import down_channels, down_pass, downsamplers, mid_pass, up_channels, up_pass, upsamplers
 from .vae_blocks import _maybe_checkpoint
 
 # ---------------------------------------------------------------------------------------------- blending
@@ -276,21 +277,11 @@ def _st_transformers(count: int, channels: int, heads: int, layers: int | tuple[
 
 
 def _down_inputs(in_channels: int, out_channels: int, num_layers: int) -> list[int]:
-    return [in_channels] + [out_channels] * (num_layers - 1)
+    return [cin for cin, _ in down_channels(in_channels, out_channels, num_layers)]
 
 
 def _up_inputs(in_channels: int, prev_output_channel: int, out_channels: int, num_layers: int) -> list[int]:
-    """Each up resnet sees the running features concatenated with one skip (the last skip has ``in_channels``)."""
-    return [(prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1 else out_channels)
-            for i in range(num_layers)]
-
-
-def _downsamplers(channels: int, add: bool) -> nn.ModuleList | None:
-    return nn.ModuleList([Downsample2D(channels, use_conv=True, out_channels=channels, padding=1, name="op")]) if add else None
-
-
-def _upsamplers(channels: int, add: bool) -> nn.ModuleList | None:
-    return nn.ModuleList([Upsample2D(channels, use_conv=True, out_channels=channels)]) if add else None
+    return [cin for cin, _ in up_channels(in_channels, prev_output_channel, out_channels, num_layers)]
 
 
 def _attend(attn: nn.Module | None, x: torch.Tensor, context, indicator) -> torch.Tensor:
@@ -314,28 +305,34 @@ class UNetMidBlockSpatioTemporal(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
                 image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.resnets[0](hidden_states, temb, image_only_indicator=image_only_indicator)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
-            hidden_states = _attend(attn, hidden_states, encoder_hidden_states, image_only_indicator)
-            hidden_states = _maybe_checkpoint(self, resnet, hidden_states, temb, image_only_indicator)
-        return hidden_states
+        def resnet(i: int, h: torch.Tensor) -> torch.Tensor:  # the first resnet is never checkpointed, as in the reference
+            if i == 0:
+                return self.resnets[0](h, temb, image_only_indicator=image_only_indicator)
+            return _maybe_checkpoint(self, self.resnets[i], h, temb, image_only_indicator)
+
+        def attend(i: int, h: torch.Tensor) -> torch.Tensor:
+            return _attend(self.attentions[i], h, encoder_hidden_states, image_only_indicator)
+
+        return mid_pass(hidden_states, len(self.attentions), resnet, attend)
 
 
-class _DownBlockST(nn.Module):
+class _BlockST(nn.Module):
+    """One layer: resnets[i] (checkpointed when training asks for it) -> attentions[i] (when present)."""
+
     has_cross_attention = False
 
+    def _layer_fn(self, temb, encoder_hidden_states, image_only_indicator):
+        def layer(i: int, hidden_states: torch.Tensor) -> torch.Tensor:
+            hidden_states = _maybe_checkpoint(self, self.resnets[i], hidden_states, temb, image_only_indicator)
+            attn = self.attentions[i] if self.attentions is not None else None
+            return _attend(attn, hidden_states, encoder_hidden_states, image_only_indicator)
+
+        return layer
+
+
+class _DownBlockST(_BlockST):
     def _run(self, hidden_states, temb, encoder_hidden_states, image_only_indicator):
-        output_states: tuple[torch.Tensor, ...] = ()
-        attentions = self.attentions if self.attentions is not None else [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = _maybe_checkpoint(self, resnet, hidden_states, temb, image_only_indicator)
-            hidden_states = _attend(attn, hidden_states, encoder_hidden_states, image_only_indicator)
-            output_states += (hidden_states,)
-        if self.downsamplers is not None:
-            for downsampler in self.downsamplers:
-                hidden_states = downsampler(hidden_states)
-            output_states += (hidden_states,)
-        return hidden_states, output_states
+        return down_pass(self, hidden_states, self._layer_fn(temb, encoder_hidden_states, image_only_indicator))
 
 
 class DownBlockSpatioTemporal(_DownBlockST):
@@ -343,7 +340,7 @@ class DownBlockSpatioTemporal(_DownBlockST):
         super().__init__()
         self.attentions = None
         self.resnets = _st_resnets(_down_inputs(in_channels, out_channels, num_layers), out_channels, temb_channels, eps=1e-5)
-        self.downsamplers = _downsamplers(out_channels, add_downsample)
+        self.downsamplers = downsamplers(out_channels, add_downsample)
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, image_only_indicator: torch.Tensor | None = None):
@@ -360,7 +357,7 @@ class CrossAttnDownBlockSpatioTemporal(_DownBlockST):
         self.num_attention_heads = num_attention_heads
         self.attentions = _st_transformers(num_layers, out_channels, num_attention_heads, transformer_layers_per_block, cross_attention_dim)
         self.resnets = _st_resnets(_down_inputs(in_channels, out_channels, num_layers), out_channels, temb_channels, eps=1e-6)
-        self.downsamplers = _downsamplers(out_channels, add_downsample)
+        self.downsamplers = downsamplers(out_channels, add_downsample)
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
@@ -368,20 +365,10 @@ class CrossAttnDownBlockSpatioTemporal(_DownBlockST):
         return self._run(hidden_states, temb, encoder_hidden_states, image_only_indicator)
 
 
-class _UpBlockST(nn.Module):
-    has_cross_attention = False
-
+class _UpBlockST(_BlockST):
     def _run(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states, image_only_indicator, upsample_size):
-        attentions = self.attentions if self.attentions is not None else [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = torch.cat([hidden_states, res_hidden_states_tuple[-1]], dim=1)  # (b f) (c + c_skip) h w
-            res_hidden_states_tuple = res_hidden_states_tuple[:-1]
-            hidden_states = _maybe_checkpoint(self, resnet, hidden_states, temb, image_only_indicator)
-            hidden_states = _attend(attn, hidden_states, encoder_hidden_states, image_only_indicator)
-        if self.upsamplers is not None:
-            for upsampler in self.upsamplers:
-                hidden_states = upsampler(hidden_states, upsample_size)
-        return hidden_states
+        layer = self._layer_fn(temb, encoder_hidden_states, image_only_indicator)  # input: (b f) (c + c_skip) h w
+        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
 
 
 class UpBlockSpatioTemporal(_UpBlockST):
@@ -391,7 +378,7 @@ class UpBlockSpatioTemporal(_UpBlockST):
         inputs = _up_inputs(in_channels, prev_output_channel, out_channels, num_layers)
         self.attentions = None
         self.resnets = _st_resnets(inputs, out_channels, temb_channels, eps=resnet_eps)
-        self.upsamplers = _upsamplers(out_channels, add_upsample)
+        self.upsamplers = upsamplers(out_channels, add_upsample)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
@@ -411,7 +398,7 @@ class CrossAttnUpBlockSpatioTemporal(_UpBlockST):
         inputs = _up_inputs(in_channels, prev_output_channel, out_channels, num_layers)
         self.attentions = _st_transformers(num_layers, out_channels, num_attention_heads, transformer_layers_per_block, cross_attention_dim)
         self.resnets = _st_resnets(inputs, out_channels, temb_channels, eps=resnet_eps)
-        self.upsamplers = _upsamplers(out_channels, add_upsample)
+        self.upsamplers = upsamplers(out_channels, add_upsample)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 

@@ -20,32 +20,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .resnets import Downsample2D, ResnetBlock2D, Upsample2D
+from .resnets import ResnetBlock2D
 from .transformers import Transformer2DModel
-from .unet_3d_blocks import apply_freeu
+from .unet_passes import down_channels, down_pass, downsamplers, mid_pass, per_layer, resnet_options, up_channels, up_pass, upsamplers
 from .vae_blocks import UNetMidBlock2D
 
 # A factory for the temporal module after layer ``i`` of width ``channels`` (see layers/motion.py).
 MotionFactory = Callable[[int, int], nn.Module]
-
-
-def per_layer(value: int | tuple[int, ...] | list[int], num_layers: int, name: str) -> tuple[int, ...]:
-    """An int repeated ``num_layers`` times, or a tuple with (at least) one entry per layer, read by index as the
-    reference reads it."""
-    if isinstance(value, int):
-        return (value,) * num_layers
-    if len(value) < num_layers:
-        raise ValueError(f"{name} must be an integer or a tuple of {num_layers} integers (one per layer), got {value!r}")
-    return tuple(value)
-
-
-def resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, resnet_pre_norm,
-                   output_scale_factor) -> dict[str, Any]:
-    """The block arguments as ``ResnetBlock2D`` keywords."""
-    return dict(
-        eps=resnet_eps, groups=resnet_groups, dropout=dropout, time_embedding_norm=resnet_time_scale_shift,
-        non_linearity=resnet_act_fn, output_scale_factor=output_scale_factor, pre_norm=resnet_pre_norm,
-    )  # fmt: skip
 
 
 def attention_options(num_attention_heads, cross_attention_dim, use_linear_projection, upcast_attention,
@@ -70,6 +51,11 @@ class UNetBlock2DBase(nn.Module):
 
     has_cross_attention = False
     has_motion = False
+
+    @property
+    def needs_num_frames(self) -> bool:
+        """Whether ``forward`` takes ``num_frames`` (the motion blocks)."""
+        return self.has_motion
 
     # The mid block runs one resnet before its first attention; the others pair every resnet with its modules.
     _resnet_first_extra = False
@@ -153,27 +139,20 @@ class DownBlockBase(UNetBlock2DBase):
 
     def _build_down(self, in_channels, out_channels, num_layers, temb_channels, resnet, add_downsample, padding,
                     attention=None, transformer_layers=1, motion=None) -> None:
-        io = [(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
+        io = down_channels(in_channels, out_channels, num_layers)
         self._build_layers(io, temb_channels, resnet, attention, transformer_layers, motion)
-        self.downsamplers = (
-            nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=padding, name="op")])
-            if add_downsample
-            else None
-        )
+        self.downsamplers = downsamplers(out_channels, add_downsample, padding)
 
     def _run_down(self, hidden_states, temb, cond=None, num_frames: int = 1, additional_residuals=None):
-        output_states: tuple[torch.Tensor, ...] = ()
         last = len(self.resnets) - 1
-        for i in range(len(self.resnets)):
-            hidden_states = self._layer(i, hidden_states, temb, cond or {}, num_frames)
+
+        def layer(i, h):
+            h = self._layer(i, h, temb, cond or {}, num_frames)
             if i == last and additional_residuals is not None:  # T2I-Adapter features join after the last layer
-                hidden_states = hidden_states + additional_residuals
-            output_states += (hidden_states,)
-        if self.downsamplers is not None:
-            for downsampler in self.downsamplers:
-                hidden_states = downsampler(hidden_states)
-            output_states += (hidden_states,)
-        return hidden_states, output_states
+                h = h + additional_residuals
+            return h
+
+        return down_pass(self, hidden_states, layer)
 
 
 class DownBlock2D(DownBlockBase):
@@ -258,13 +237,11 @@ class MidBlockBase(UNetBlock2DBase):
     _resnet_first_extra = True
 
     def _run_mid(self, hidden_states, temb, cond, num_frames: int = 1) -> torch.Tensor:
-        hidden_states = self.resnets[0](hidden_states, temb)
-        for i in range(len(self.attentions)):
-            hidden_states = self.attentions[i](hidden_states, **cond, return_dict=False)[0]
-            if self.has_motion:
-                hidden_states = self.motion_modules[i](hidden_states, num_frames=num_frames)
-            hidden_states = self.resnets[i + 1](hidden_states, temb)
-        return hidden_states
+        def attend(i, h):
+            h = self.attentions[i](h, **cond, return_dict=False)[0]
+            return self.motion_modules[i](h, num_frames=num_frames) if self.has_motion else h
+
+        return mid_pass(hidden_states, len(self.attentions), lambda i, h: self.resnets[i](h, temb), attend)
 
 
 class UNetMidBlock2DCrossAttn(MidBlockBase):
@@ -322,30 +299,17 @@ class UpBlockBase(UNetBlock2DBase):
 
     def _build_up(self, in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, add_upsample,
                   resolution_idx, attention=None, transformer_layers=1, motion=None) -> None:
-        io = []
-        for i in range(num_layers):
-            skip = in_channels if i == num_layers - 1 else out_channels
-            io.append(((prev_output_channel if i == 0 else out_channels) + skip, out_channels))
+        io = up_channels(in_channels, prev_output_channel, out_channels, num_layers)
         self._build_layers(io, temb_channels, resnet, attention, transformer_layers, motion)
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
+        self.upsamplers = upsamplers(out_channels, add_upsample)
         self.resolution_idx = resolution_idx
         self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors, set by the UNet's enable_freeu
 
     def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size=None, cond=None, num_frames: int = 1):
-        freeu = self.s1 and self.s2 and self.b1 and self.b2
-        for i in range(len(self.resnets)):
-            res_hidden_states = res_hidden_states_tuple[-1]  # pop the matching skip
-            res_hidden_states_tuple = res_hidden_states_tuple[:-1]
-            if freeu:
-                hidden_states, res_hidden_states = apply_freeu(
-                    self.resolution_idx, hidden_states, res_hidden_states, s1=self.s1, s2=self.s2, b1=self.b1, b2=self.b2
-                )
-            hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)  # b (c+skip) h w
-            hidden_states = self._layer(i, hidden_states, temb, cond or {}, num_frames)
-        if self.upsamplers is not None:
-            for upsampler in self.upsamplers:
-                hidden_states = upsampler(hidden_states, upsample_size)
-        return hidden_states
+        def layer(i, h):  # h: b (c+skip) h w
+            return self._layer(i, h, temb, cond or {}, num_frames)
+
+        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
 
 
 class UpBlock2D(UpBlockBase):

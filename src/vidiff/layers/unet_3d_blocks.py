@@ -2,7 +2,7 @@
 
 Every layer of a block is ``resnets[i] -> temp_convs[i] (-> attentions[i] -> temp_attentions[i])`` on
 ``(b f) c h w`` tensors; keys match the reference (``resnets``, ``temp_convs``, ``attentions``,
-``temp_attentions``, ``downsamplers``, ``upsamplers``). FreeU helpers live here too (``apply_freeu``).
+``temp_attentions``, ``downsamplers``, ``upsamplers``). The down/up passes are :mod:`vidiff.layers.unet_passes`.
 """
 
 from __future__ import annotations
@@ -12,59 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .resnets import Downsample2D, ResnetBlock2D, Upsample2D
+from .resnets import ResnetBlock2D
 from .temporal import TemporalConvLayer
 from .transformers import Transformer2DModel, TransformerTemporalModel
-
-# ---------------------------------------------------------------------------------------------- FreeU
-
-
-def fourier_filter(x_in: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
-    """Scale the lowest spatial frequencies (a 2*threshold square around DC) of a b c h w map by ``scale``."""
-    x = x_in.to(torch.float32)  # FFT in float32 whatever the input dtype, as the reference does
-    freq = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
-    h, w = freq.shape[-2:]
-    mask = torch.ones((h, w), device=x.device)
-    crow, ccol = h // 2, w // 2
-    mask[crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
-    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
-    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x_in.dtype)
-
-
-def apply_freeu(
-    resolution_idx: int | None, hidden_states: torch.Tensor, res_hidden_states: torch.Tensor,
-    s1: float, s2: float, b1: float, b2: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """FreeU (arXiv 2309.11497) on up stages 0 and 1: amplify half the backbone channels, damp skip low frequencies."""
-    if resolution_idx not in (0, 1):
-        return hidden_states, res_hidden_states
-    b, s = (b1, s1) if resolution_idx == 0 else (b2, s2)
-    half = hidden_states.shape[1] // 2
-    hidden_states = torch.cat([hidden_states[:, :half] * b, hidden_states[:, half:]], dim=1)
-    return hidden_states, fourier_filter(res_hidden_states, threshold=1, scale=s)
-
-
-class FreeUMixin:
-    """``enable_freeu`` / ``disable_freeu`` for a UNet whose ``up_blocks`` read ``s1, s2, b1, b2``."""
-
-    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
-        """s1, s2 damp the skip features of up stages 0 and 1; b1, b2 amplify their backbone features."""
-        for block in self.up_blocks:  # type: ignore[attr-defined]
-            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
-
-    def disable_freeu(self) -> None:
-        for block in self.up_blocks:  # type: ignore[attr-defined]
-            block.s1 = block.s2 = block.b1 = block.b2 = None
-
+from .unet_passes import down_channels, down_pass, downsamplers, mid_pass, resnet_options, up_channels, up_pass, upsamplers
 
 # ---------------------------------------------------------------------------------------------- shared body
-
-
-def _resnet_kwargs(dropout, eps, time_scale_shift, act_fn, groups, pre_norm, output_scale_factor) -> dict[str, Any]:
-    return dict(
-        eps=eps, groups=groups, dropout=dropout, time_embedding_norm=time_scale_shift, non_linearity=act_fn,
-        output_scale_factor=output_scale_factor, pre_norm=pre_norm,
-    )  # fmt: skip
 
 
 def _attention_kwargs(heads, cross_attention_dim, linear, only_cross, upcast, count) -> dict[str, Any]:
@@ -79,6 +32,7 @@ class _Block3D(nn.Module):
     """Holds the per-layer module lists and runs one layer; subclasses only say which channels go where."""
 
     has_cross_attention = False
+    needs_num_frames = True  # the temporal layers' forward takes num_frames
 
     def _build_layers(self, channels: list[tuple[int, int]], temb_channels: int, resnet: dict, attention: dict | None):
         groups = resnet["groups"]
@@ -128,26 +82,15 @@ class _Block3D(nn.Module):
 
 class _DownBlock3DBase(_Block3D):
     def _build_down(self, in_channels, out_channels, num_layers, temb_channels, resnet, attention, add_down, padding):
-        channels = [(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
-        self._build_layers(channels, temb_channels, resnet, attention)
-        self.downsamplers = None
-        if add_down:
-            self.downsamplers = nn.ModuleList(
-                [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=padding, name="op")]
-            )
+        self._build_layers(down_channels(in_channels, out_channels, num_layers), temb_channels, resnet, attention)
+        self.downsamplers = downsamplers(out_channels, add_down, padding)
         self.gradient_checkpointing = False
 
     def _run_down(self, hidden_states, temb, num_frames, encoder_hidden_states=None, cross_attention_kwargs=None):
-        output_states: tuple[torch.Tensor, ...] = ()
-        for i in range(len(self.resnets)):
-            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states,
-                                        cross_attention_kwargs)
-            output_states += (hidden_states,)
-        if self.downsamplers is not None:
-            for downsampler in self.downsamplers:
-                hidden_states = downsampler(hidden_states)
-            output_states += (hidden_states,)
-        return hidden_states, output_states
+        def layer(i, h):
+            return self._layer(i, h, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+
+        return down_pass(self, hidden_states, layer)
 
 
 class DownBlock3D(_DownBlock3DBase):
@@ -168,7 +111,7 @@ class DownBlock3D(_DownBlock3DBase):
         downsample_padding: int = 1,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
                                 resnet_pre_norm, output_scale_factor)
         self._build_down(in_channels, out_channels, num_layers, temb_channels, resnet, None, add_downsample,
                          downsample_padding)
@@ -201,7 +144,7 @@ class CrossAttnDownBlock3D(_DownBlock3DBase):
         upcast_attention: bool = False,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
                                 resnet_pre_norm, output_scale_factor)
         attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection,
                                       only_cross_attention, upcast_attention, num_layers)
@@ -246,7 +189,7 @@ class UNetMidBlock3DCrossAttn(_Block3D):
     ):
         super().__init__()
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
                                 resnet_pre_norm, output_scale_factor)
         attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection, False,
                                       upcast_attention, num_layers)
@@ -261,12 +204,11 @@ class UNetMidBlock3DCrossAttn(_Block3D):
         num_frames: int = 1,
         cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        hidden_states = self._resnet_step(0, hidden_states, temb, num_frames)
-        for i in range(len(self.attentions)):
-            hidden_states = self._attention_step(i, hidden_states, encoder_hidden_states, num_frames,
-                                                 cross_attention_kwargs)
-            hidden_states = self._resnet_step(i + 1, hidden_states, temb, num_frames)
-        return hidden_states
+        return mid_pass(
+            hidden_states, len(self.attentions),
+            lambda i, h: self._resnet_step(i, h, temb, num_frames),
+            lambda i, h: self._attention_step(i, h, encoder_hidden_states, num_frames, cross_attention_kwargs),
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- up
@@ -275,34 +217,18 @@ class UNetMidBlock3DCrossAttn(_Block3D):
 class _UpBlock3DBase(_Block3D):
     def _build_up(self, in_channels, prev_channels, out_channels, num_layers, temb_channels, resnet, attention,
                   add_up, resolution_idx):
-        channels = []
-        for i in range(num_layers):
-            skip = in_channels if i == num_layers - 1 else out_channels
-            channels.append(((prev_channels if i == 0 else out_channels) + skip, out_channels))
-        self._build_layers(channels, temb_channels, resnet, attention)
-        self.upsamplers = None
-        if add_up:
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
+        self._build_layers(up_channels(in_channels, prev_channels, out_channels, num_layers), temb_channels, resnet, attention)
+        self.upsamplers = upsamplers(out_channels, add_up)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
         self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors, set by the UNet's enable_freeu
 
     def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames,
                 encoder_hidden_states=None, cross_attention_kwargs=None):
-        freeu = self.s1 and self.s2 and self.b1 and self.b2
-        for i in range(len(self.resnets)):
-            res_hidden_states = res_hidden_states_tuple[-1]  # pop the matching skip
-            res_hidden_states_tuple = res_hidden_states_tuple[:-1]
-            if freeu:
-                hidden_states, res_hidden_states = apply_freeu(self.resolution_idx, hidden_states, res_hidden_states,
-                                                               self.s1, self.s2, self.b1, self.b2)
-            hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)  # (b f) (c+skip) h w
-            hidden_states = self._layer(i, hidden_states, temb, num_frames, encoder_hidden_states,
-                                        cross_attention_kwargs)
-        if self.upsamplers is not None:
-            for upsampler in self.upsamplers:
-                hidden_states = upsampler(hidden_states, upsample_size)
-        return hidden_states
+        def layer(i, h):  # h: (b f) (c+skip) h w
+            return self._layer(i, h, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+
+        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
 
 
 class UpBlock3D(_UpBlock3DBase):
@@ -324,7 +250,7 @@ class UpBlock3D(_UpBlock3DBase):
         resolution_idx: int | None = None,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
                                 resnet_pre_norm, output_scale_factor)
         self._build_up(in_channels, prev_output_channel, out_channels, num_layers, temb_channels, resnet, None,
                        add_upsample, resolution_idx)
@@ -365,7 +291,7 @@ class CrossAttnUpBlock3D(_UpBlock3DBase):
         resolution_idx: int | None = None,
     ):
         super().__init__()
-        resnet = _resnet_kwargs(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
+        resnet = resnet_options(dropout, resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups,
                                 resnet_pre_norm, output_scale_factor)
         attention = _attention_kwargs(num_attention_heads, cross_attention_dim, use_linear_projection,
                                       only_cross_attention, upcast_attention, num_layers)

@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..runtime.random import randn_tensor
 from .attention import Attention
-from .resnets import Downsample2D, ResnetBlock2D, Upsample2D
+from .resnets import ResnetBlock2D
+from .unet_passes import downsamplers, upsamplers
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,7 @@ class DownEncoderBlock2D(nn.Module):
         _require_group_norm(type(self).__name__, resnet_time_scale_shift)
         self.resnets = _resnets(in_channels, out_channels, num_layers, None, resnet_eps, resnet_groups, dropout,
                                 resnet_time_scale_shift, resnet_act_fn, output_scale_factor, resnet_pre_norm)
-        self.downsamplers = nn.ModuleList([
-            Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, name="op")
-        ]) if add_downsample else None
+        self.downsamplers = downsamplers(out_channels, add_downsample, downsample_padding)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         for resnet in self.resnets:
@@ -82,9 +81,7 @@ class UpDecoderBlock2D(nn.Module):
         _require_group_norm(type(self).__name__, resnet_time_scale_shift)
         self.resnets = _resnets(in_channels, out_channels, num_layers, temb_channels, resnet_eps, resnet_groups,
                                 dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor, resnet_pre_norm)
-        self.upsamplers = nn.ModuleList([
-            Upsample2D(out_channels, use_conv=True, out_channels=out_channels)
-        ]) if add_upsample else None
+        self.upsamplers = upsamplers(out_channels, add_upsample)
         self.resolution_idx = resolution_idx
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,8 +22,8 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import Attention, AttentionProcessorMixin
-from ..layers.resnets import Upsample2D
 from ..layers.spatio_temporal import SpatioTemporalResBlock
+from ..layers.unet_passes import upsamplers
 from ..layers.vae_blocks import DiagonalGaussianDistribution, Encoder, _maybe_checkpoint
 from .modeling import ModelMixin
 from .outputs import AutoencoderKLOutput, DecoderOutput
@@ -64,7 +64,7 @@ class UpBlockTemporalDecoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int = 1, add_upsample: bool = True):
         super().__init__()
         self.resnets = nn.ModuleList(_decoder_resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers))
-        self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
+        self.upsamplers = upsamplers(out_channels, add_upsample)
 
     def forward(self, hidden_states: torch.Tensor, image_only_indicator: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:

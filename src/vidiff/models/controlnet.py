@@ -27,7 +27,7 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
-from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batch
+from ..layers.embeddings import TimestepEmbedding, add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.unet_2d_blocks import DOWN_BLOCKS, block_class, get_down_block, get_mid_block
 from .modeling import ModelMixin
 from .outputs import BaseOutput
@@ -163,14 +163,13 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin, UNetPassesMixin):
         cfg = self.register_config(config, kwargs)
         channels = cfg.block_out_channels
         time_embed_dim = channels[0] * 4
-        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
-        self.time_proj = Timesteps(channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn=cfg.act_fn)
+        add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
+                      freq_shift=cfg.freq_shift, act_fn=cfg.act_fn)
         self.encoder_hid_proj = nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
         self.class_embedding = self._make_class_embedding(cfg, channels[0], time_embed_dim)
         if cfg.addition_embed_type == "text_time":
-            self.add_time_proj = Timesteps(cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
-            self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, time_embed_dim)
+            add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim,
+                                    cfg.flip_sin_to_cos, cfg.freq_shift)
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
             channels[0], cfg.conditioning_channels, cfg.conditioning_embedding_out_channels)
         self._build_blocks(cfg, time_embed_dim)

@@ -21,11 +21,11 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
-from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batch
+from ..layers.embeddings import TimestepEmbedding, add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.resnets import get_activation
 from ..layers.transformers import ForwardChunkingMixin
 from ..layers.unet_2d_blocks import DOWN_BLOCKS, MID_BLOCKS, UP_BLOCKS, block_class, get_down_block, get_mid_block, get_up_block
-from ..layers.unet_3d_blocks import FreeUMixin
+from ..layers.unet_passes import FreeUMixin
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 
@@ -181,6 +181,15 @@ def without_lora_scale(cross_attention_kwargs: dict[str, Any] | None) -> dict[st
     return {k: v for k, v in cross_attention_kwargs.items() if k != "scale"}
 
 
+def check_video_sample(sample: torch.Tensor, in_channels: int) -> None:
+    """Video UNets take channels-first latents (batch, in_channels, frames, height, width)."""
+    if sample.ndim != 5 or sample.shape[1] != in_channels:
+        raise ValueError(
+            f"sample must be (batch, {in_channels}, frames, height, width), got shape {tuple(sample.shape)}; "
+            "video latents are channels-first with frames on axis 2."
+        )
+
+
 def text_time_embedding(add_time_proj: nn.Module, add_embedding: nn.Module, added_cond_kwargs: dict | None, dtype) -> torch.Tensor:
     """SDXL-style extra embedding from ``added_cond_kwargs['text_embeds']`` and ``['time_ids']``."""
     missing = [k for k in ("text_embeds", "time_ids") if k not in (added_cond_kwargs or {})]
@@ -193,12 +202,16 @@ def text_time_embedding(add_time_proj: nn.Module, add_embedding: nn.Module, adde
 
 
 class UNetPassesMixin:
-    """Down, mid and up passes shared by ``UNet2DConditionModel`` and ``UNetMotionModel``."""
+    """Down, mid and up passes shared by the SD-style UNets (2-D, motion, ModelScope 3-D, I2VGen-XL, ControlNet).
+
+    ``cond`` holds the keywords of the blocks with cross-attention; blocks with temporal layers (``needs_num_frames``)
+    also get ``num_frames``.
+    """
 
     @staticmethod
     def _block_kwargs(block: nn.Module, cond: dict[str, Any], num_frames: int) -> dict[str, Any]:
         kwargs = dict(cond) if getattr(block, "has_cross_attention", False) else {}
-        if getattr(block, "has_motion", False):
+        if getattr(block, "needs_num_frames", False):
             kwargs["num_frames"] = num_frames
         return kwargs
 
@@ -234,6 +247,8 @@ class UNetPassesMixin:
 
     @staticmethod
     def _add_skip_residuals(skips, residuals):
+        if residuals is None:
+            return skips
         if len(residuals) != len(skips):
             raise ValueError(
                 f"down_block_additional_residuals has {len(residuals)} tensors but the down path produces {len(skips)} "
@@ -262,16 +277,15 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         cfg = self.register_config(config, kwargs)
         channels = cfg.block_out_channels
         self.sample_size = cfg.sample_size
-        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2)
         time_embed_dim = cfg.time_embedding_dim or channels[0] * 4
-        self.time_proj = Timesteps(channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn=cfg.act_fn, post_act_fn=cfg.timestep_post_act,
-                                                cond_proj_dim=cfg.time_cond_proj_dim)
+        add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, conv_kernel=cfg.conv_in_kernel,
+                      flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift, act_fn=cfg.act_fn,
+                      post_act_fn=cfg.timestep_post_act, cond_proj_dim=cfg.time_cond_proj_dim)
         self.encoder_hid_proj = nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
         self.class_embedding = self._make_class_embedding(cfg, channels[0], time_embed_dim)
         if cfg.addition_embed_type == "text_time":
-            self.add_time_proj = Timesteps(cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
-            self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, time_embed_dim)
+            add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim,
+                                    cfg.flip_sin_to_cos, cfg.freq_shift)
         self.time_embed_act = get_activation(cfg.time_embedding_act_fn) if cfg.time_embedding_act_fn else None
         self._build_blocks(cfg, time_embed_dim * 2 if cfg.class_embeddings_concat else time_embed_dim)
         self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)

@@ -15,13 +15,15 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
-from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batch
+from ..layers.embeddings import add_unet_stem, timesteps_for_batch
 from ..layers.resnets import get_activation
 from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import ForwardChunkingMixin, TransformerTemporalModel
-from ..layers.unet_3d_blocks import FreeUMixin, UNetMidBlock3DCrossAttn, get_down_block, get_up_block
+from ..layers.unet_3d_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
+from ..layers.unet_passes import FreeUMixin
 from .modeling import ModelMixin
 from .outputs import BaseOutput
+from .unet_2d_condition import UNetPassesMixin, check_video_sample
 
 _DOWN_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 _UP_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
@@ -88,7 +90,40 @@ class UNet3DConditionConfig(Config):
                 )
 
 
-class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, FreeUMixin):
+def build_3d_blocks(unet: nn.Module, cfg: Any, time_embed_dim: int, *, eps: float, act_fn: str, downsample_padding: int,
+                    mid_block_scale_factor: float) -> None:
+    """``down_blocks``, ``up_blocks`` then ``mid_block`` of a ModelScope-style UNet (the reference's registration order,
+    which fixes state_dict and attn_processors order), from ``block_out_channels``, ``layers_per_block``,
+    ``norm_num_groups``, ``cross_attention_dim``, ``attention_head_dim`` and the block types of ``cfg``."""
+    channels = cfg.block_out_channels
+    common = dict(
+        temb_channels=time_embed_dim, resnet_eps=eps, resnet_act_fn=act_fn, resnet_groups=cfg.norm_num_groups,
+        cross_attention_dim=cfg.cross_attention_dim, num_attention_heads=cfg.attention_head_dim, dual_cross_attention=False,
+    )  # fmt: skip
+    unet.down_blocks = nn.ModuleList(
+        get_down_block(
+            block_type, num_layers=cfg.layers_per_block, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
+            add_downsample=i < len(channels) - 1, downsample_padding=downsample_padding, **common,
+        )  # fmt: skip
+        for i, block_type in enumerate(cfg.down_block_types)
+    )
+    unet.num_upsamplers = len(channels) - 1
+    rev = list(reversed(channels))
+    unet.up_blocks = nn.ModuleList(
+        get_up_block(
+            block_type, num_layers=cfg.layers_per_block + 1, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
+            prev_output_channel=rev[max(i - 1, 0)], add_upsample=i < len(rev) - 1, resolution_idx=i, **common,
+        )  # fmt: skip
+        for i, block_type in enumerate(cfg.up_block_types)
+    )
+    unet.mid_block = UNetMidBlock3DCrossAttn(
+        in_channels=channels[-1], temb_channels=time_embed_dim, resnet_eps=eps, resnet_act_fn=act_fn,
+        output_scale_factor=mid_block_scale_factor, cross_attention_dim=cfg.cross_attention_dim,
+        num_attention_heads=cfg.attention_head_dim, resnet_groups=cfg.norm_num_groups, dual_cross_attention=False,
+    )  # fmt: skip
+
+
+class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, FreeUMixin, UNetPassesMixin):
     """Conditional 3-D UNet: noisy video latents (b, c, f, h, w) + timestep + text states -> (b, c_out, f, h, w)."""
 
     config_class = UNet3DConditionConfig
@@ -101,42 +136,14 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         time_embed_dim = channels[0] * 4
         self.sample_size = cfg.sample_size
 
-        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
-        self.time_proj = Timesteps(channels[0], True, 0)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn=cfg.act_fn, cond_proj_dim=cfg.time_cond_proj_dim)
+        add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, act_fn=cfg.act_fn, cond_proj_dim=cfg.time_cond_proj_dim)
         self.transformer_in = TransformerTemporalModel(
             num_attention_heads=8, attention_head_dim=cfg.attention_head_dim, in_channels=channels[0], num_layers=1,
             norm_num_groups=cfg.norm_num_groups,
         )  # fmt: skip
 
-        common = dict(
-            temb_channels=time_embed_dim, resnet_eps=cfg.norm_eps, resnet_act_fn=cfg.act_fn, resnet_groups=cfg.norm_num_groups,
-            cross_attention_dim=cfg.cross_attention_dim, num_attention_heads=cfg.attention_head_dim, dual_cross_attention=False,
-        )  # fmt: skip
-        self.down_blocks = nn.ModuleList(
-            get_down_block(
-                block_type, num_layers=cfg.layers_per_block, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
-                add_downsample=i < len(channels) - 1, downsample_padding=cfg.downsample_padding, **common,
-            )  # fmt: skip
-            for i, block_type in enumerate(cfg.down_block_types)
-        )
-        self.num_upsamplers = len(channels) - 1
-        rev = list(reversed(channels))
-        self.up_blocks = nn.ModuleList(
-            get_up_block(
-                block_type, num_layers=cfg.layers_per_block + 1, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
-                prev_output_channel=rev[max(i - 1, 0)], add_upsample=i < len(rev) - 1, resolution_idx=i, **common,
-            )  # fmt: skip
-            for i, block_type in enumerate(cfg.up_block_types)
-        )
-
-        # built after up_blocks: the reference registers down, up, mid, which fixes state_dict/attn_processors order
-        self.mid_block = UNetMidBlock3DCrossAttn(
-            in_channels=channels[-1], temb_channels=time_embed_dim, resnet_eps=cfg.norm_eps, resnet_act_fn=cfg.act_fn,
-            output_scale_factor=cfg.mid_block_scale_factor, cross_attention_dim=cfg.cross_attention_dim,
-            num_attention_heads=cfg.attention_head_dim, resnet_groups=cfg.norm_num_groups, dual_cross_attention=False,
-        )  # fmt: skip
-
+        build_3d_blocks(self, cfg, time_embed_dim, eps=cfg.norm_eps, act_fn=cfg.act_fn, downsample_padding=cfg.downsample_padding,
+                        mid_block_scale_factor=cfg.mid_block_scale_factor)
         self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = get_activation("silu")
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
@@ -163,9 +170,9 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         added to the skip connections / mid-block output (ControlNet-style), on ``(b f) c h w`` tensors.
         """
         self._check_inputs(sample, encoder_hidden_states)
-        batch, _, num_frames, height, width = sample.shape
+        batch, _, num_frames = sample.shape[:3]
         # sizes that are not a multiple of the total upsampling factor make every upsampler match its skip's size
-        forward_upsample_size = height % 2**self.num_upsamplers != 0 or width % 2**self.num_upsamplers != 0
+        forward_upsample_size = self._needs_upsample_size(sample)
 
         emb = self._embed_time(timestep, timestep_cond, batch, sample.device)  # b d
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
@@ -173,12 +180,13 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
 
         x = self.conv_in(fold_frames(sample))  # (b f) c h w
         x = self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-        x, skips = self._down(x, emb, context, num_frames, cross_attention_kwargs)
-        skips = self._add_down_residuals(skips, down_block_additional_residuals)
-        x = self.mid_block(x, emb, encoder_hidden_states=context, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
+        cond = dict(encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs)
+        x, skips = self._down(x, emb, cond, num_frames)
+        skips = self._add_skip_residuals(skips, down_block_additional_residuals)
+        x = self._mid(x, emb, cond, num_frames)
         if mid_block_additional_residual is not None:
             x = x + mid_block_additional_residual
-        x = self._up(x, skips, emb, context, num_frames, cross_attention_kwargs, forward_upsample_size)
+        x = self._up(x, skips, emb, cond, num_frames, forward_upsample_size)
 
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         out = unfold_frames(x, num_frames)  # b c f h w
@@ -189,52 +197,9 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         t_emb = t_emb.to(dtype=self.time_embedding.linear_1.weight.dtype)
         return self.time_embedding(t_emb, timestep_cond)
 
-    def _down(self, x, emb, context, num_frames, cross_attention_kwargs):
-        skips: tuple[torch.Tensor, ...] = (x,)
-        for block in self.down_blocks:
-            if block.has_cross_attention:
-                x, res = block(
-                    hidden_states=x, temb=emb, encoder_hidden_states=context, num_frames=num_frames,
-                    cross_attention_kwargs=cross_attention_kwargs,
-                )  # fmt: skip
-            else:
-                x, res = block(hidden_states=x, temb=emb, num_frames=num_frames)
-            skips += res
-        return x, skips
-
-    @staticmethod
-    def _add_down_residuals(skips, residuals):
-        if residuals is None:
-            return skips
-        if len(residuals) != len(skips):
-            raise ValueError(
-                f"down_block_additional_residuals has {len(residuals)} tensors but the down path produces {len(skips)} "
-                "skip connections; pass one residual per skip (e.g. the matching ControlNet's down_block_res_samples)."
-            )
-        return tuple(s + r for s, r in zip(skips, residuals))
-
-    def _up(self, x, skips, emb, context, num_frames, cross_attention_kwargs, forward_upsample_size: bool):
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            res, skips = skips[-n:], skips[:-n]
-            is_final = i == len(self.up_blocks) - 1
-            upsample_size = skips[-1].shape[2:] if forward_upsample_size and not is_final else None
-            if block.has_cross_attention:
-                x = block(
-                    hidden_states=x, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=context,
-                    upsample_size=upsample_size, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs,
-                )  # fmt: skip
-            else:
-                x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size, num_frames=num_frames)
-        return x
-
     def _check_inputs(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
         cfg = self.config
-        if sample.ndim != 5 or sample.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"sample must be (batch, {cfg.in_channels}, frames, height, width), got shape {tuple(sample.shape)}; "
-                "video latents are channels-first with frames on axis 2."
-            )
+        check_video_sample(sample, cfg.in_channels)
         context = encoder_hidden_states
         if context.ndim != 3 or context.shape[0] != sample.shape[0] or context.shape[-1] != cfg.cross_attention_dim:
             raise ValueError(

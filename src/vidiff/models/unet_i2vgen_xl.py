@@ -27,9 +27,10 @@ from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batc
 from ..layers.resnets import get_activation
 from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import FeedForward, ForwardChunkingMixin, TransformerTemporalModel
-from ..layers.unet_3d_blocks import FreeUMixin, UNetMidBlock3DCrossAttn, get_down_block, get_up_block
+from ..layers.unet_passes import FreeUMixin
 from .modeling import ModelMixin
-from .unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput
+from .unet_2d_condition import UNetPassesMixin, check_video_sample
+from .unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput, build_3d_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _image_latents_context_embedding(c: int, cross_attention_dim: int) -> nn.Seq
     )  # fmt: skip
 
 
-class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, FreeUMixin):
+class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, FreeUMixin, UNetPassesMixin):
     """Noisy video latents (b, c, f, h, w) + timestep + fps + image latents/embedding + text states -> (b, c_out, f, h, w)."""
 
     config_class = I2VGenXLUNetConfig
@@ -144,43 +145,13 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn="silu")
         self.context_embedding = nn.Sequential(nn.Linear(dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, dim * c))
         self.fps_embedding = nn.Sequential(nn.Linear(channels[0], time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
-        self._build_blocks(cfg, time_embed_dim)
+        build_3d_blocks(self, cfg, time_embed_dim, eps=1e-05, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1)
         self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=1e-05)
         self.conv_act = get_activation("silu")
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 
-    def _build_blocks(self, cfg: I2VGenXLUNetConfig, time_embed_dim: int) -> None:
-        channels = cfg.block_out_channels
-        common = dict(
-            temb_channels=time_embed_dim, resnet_eps=1e-05, resnet_act_fn="silu", resnet_groups=cfg.norm_num_groups,
-            cross_attention_dim=cfg.cross_attention_dim, num_attention_heads=cfg.attention_head_dim, dual_cross_attention=False,
-        )  # fmt: skip
-        self.down_blocks = nn.ModuleList(
-            get_down_block(
-                block_type, num_layers=cfg.layers_per_block, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
-                add_downsample=i < len(channels) - 1, downsample_padding=1, **common,
-            )  # fmt: skip
-            for i, block_type in enumerate(cfg.down_block_types)
-        )
-        self.num_upsamplers = len(channels) - 1
-        rev = list(reversed(channels))
-        self.up_blocks = nn.ModuleList(
-            get_up_block(
-                block_type, num_layers=cfg.layers_per_block + 1, in_channels=rev[min(i + 1, len(rev) - 1)], out_channels=rev[i],
-                prev_output_channel=rev[max(i - 1, 0)], add_upsample=i < len(rev) - 1, resolution_idx=i, **common,
-            )  # fmt: skip
-            for i, block_type in enumerate(cfg.up_block_types)
-        )
-        self.mid_block = UNetMidBlock3DCrossAttn(
-            in_channels=channels[-1], temb_channels=time_embed_dim, resnet_eps=1e-05, resnet_act_fn="silu",
-            output_scale_factor=1, cross_attention_dim=cfg.cross_attention_dim, num_attention_heads=cfg.attention_head_dim,
-            resnet_groups=cfg.norm_num_groups, dual_cross_attention=False,
-        )  # fmt: skip
-
-    # The time embedding and the down/up passes are the ModelScope UNet's: same blocks, same skip bookkeeping.
+    # The time embedding is the ModelScope UNet's (the down/mid/up passes come from UNetPassesMixin, as there).
     _embed_time = UNet3DConditionModel._embed_time
-    _down = UNet3DConditionModel._down
-    _up = UNet3DConditionModel._up
 
     # ------------------------------------------------------------------------------------------ forward
 
@@ -203,8 +174,8 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         embeddings; ``encoder_hidden_states``: (b, seq, cross_attention_dim) text states.
         """
         self._check_inputs(sample, fps, image_latents, image_embeddings, encoder_hidden_states)
-        batch, _, num_frames, height, width = sample.shape
-        forward_upsample_size = height % 2**self.num_upsamplers != 0 or width % 2**self.num_upsamplers != 0
+        batch, _, num_frames = sample.shape[:3]
+        forward_upsample_size = self._needs_upsample_size(sample)
 
         emb = self._embed_time(timestep, timestep_cond, batch, sample.device)  # b d
         fps = timesteps_for_batch(fps, batch, sample.device)
@@ -216,9 +187,10 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         x = torch.cat([sample, self._local_image_features(image_latents)], dim=1)  # b 2c f h w
         x = self.conv_in(fold_frames(x))  # (b f) c h w
         x = self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-        x, skips = self._down(x, emb, context, num_frames, cross_attention_kwargs)
-        x = self.mid_block(x, emb, encoder_hidden_states=context, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
-        x = self._up(x, skips, emb, context, num_frames, cross_attention_kwargs, forward_upsample_size)
+        cond = dict(encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs)
+        x, skips = self._down(x, emb, cond, num_frames)
+        x = self._mid(x, emb, cond, num_frames)
+        x = self._up(x, skips, emb, cond, num_frames, forward_upsample_size)
 
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         out = unfold_frames(x, num_frames)  # b c f h w
@@ -243,11 +215,7 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
 
     def _check_inputs(self, sample, fps, image_latents, image_embeddings, encoder_hidden_states) -> None:
         cfg = self.config
-        if sample.ndim != 5 or sample.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"sample must be (batch, {cfg.in_channels}, frames, height, width), got shape {tuple(sample.shape)}; "
-                "video latents are channels-first with frames on axis 2."
-            )
+        check_video_sample(sample, cfg.in_channels)
         b, _, f, h, w = sample.shape
         expected = (b, _IMAGE_LATENT_CHANNELS, f, h, w)
         if not isinstance(image_latents, torch.Tensor) or tuple(image_latents.shape) != expected:

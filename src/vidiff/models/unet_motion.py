@@ -22,7 +22,7 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
-from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batch
+from ..layers.embeddings import add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.motion import (
     CrossAttnDownBlockMotion,
     CrossAttnUpBlockMotion,
@@ -34,13 +34,14 @@ from ..layers.motion import (
 from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import ForwardChunkingMixin
 from ..layers.unet_2d_blocks import UNetMidBlock2DCrossAttn
-from ..layers.unet_3d_blocks import FreeUMixin
+from ..layers.unet_passes import FreeUMixin
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 from .unet_2d_condition import (
     UNetPassesMixin,
     check_unet_channels,
     check_unet_lengths,
+    check_video_sample,
     expand,
     keep_mask_to_bias,
     text_time_embedding,
@@ -185,13 +186,10 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         channels = cfg.block_out_channels
         time_embed_dim = channels[0] * 4
         self.sample_size = cfg.sample_size
-        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
-        self.time_proj = Timesteps(channels[0], True, 0)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn=cfg.act_fn, cond_proj_dim=cfg.time_cond_proj_dim)
+        add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, act_fn=cfg.act_fn, cond_proj_dim=cfg.time_cond_proj_dim)
         self.encoder_hid_proj = None
         if cfg.addition_embed_type == "text_time":
-            self.add_time_proj = Timesteps(cfg.addition_time_embed_dim, True, 0)
-            self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, time_embed_dim)
+            add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim)
         self._build_blocks(cfg, time_embed_dim)
         self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = nn.SiLU()
@@ -380,9 +378,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
 
     def _check_inputs(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if sample.ndim != 5 or sample.shape[1] != cfg.in_channels:
-            raise ValueError(f"sample must be (batch, {cfg.in_channels}, frames, height, width), got shape {tuple(sample.shape)}; "
-                             "video latents are channels-first with frames on axis 2.")
+        check_video_sample(sample, cfg.in_channels)
         batch, _, num_frames = sample.shape[:3]
         if num_frames > cfg.motion_max_seq_length:
             raise ValueError(

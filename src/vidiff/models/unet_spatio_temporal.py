@@ -22,7 +22,7 @@ from torch import nn
 
 from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
-from ..layers.embeddings import TimestepEmbedding, Timesteps, timesteps_for_batch
+from ..layers.embeddings import add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.spatio_temporal import DOWN_BLOCK_TYPES, UP_BLOCK_TYPES, UNetMidBlockSpatioTemporal, get_down_block, get_up_block
 from ..layers.transformers import ForwardChunkingMixin
 from .modeling import ModelMixin
@@ -103,11 +103,8 @@ class UNetSpatioTemporalConditionModel(ModelMixin, AttentionProcessorMixin, Forw
         time_embed_dim = channels[0] * 4
         self.sample_size = cfg.sample_size
 
-        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], kernel_size=3, padding=1)
-        self.time_proj = Timesteps(channels[0], True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim)
-        self.add_time_proj = Timesteps(cfg.addition_time_embed_dim, True, downscale_freq_shift=0)
-        self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, time_embed_dim)
+        add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim)
+        add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim)
 
         heads, cross, layers, tlayers = (cfg.per_block(k) for k in (
             "num_attention_heads", "cross_attention_dim", "layers_per_block", "transformer_layers_per_block"))

@@ -26,11 +26,26 @@ from ..loading.lora import StableDiffusionLoraLoaderMixin
 from ..models.unet_2d_condition import UNet2DConditionModel
 from ..models.unet_motion import UNetMotionModel
 from ..runtime.random import randn_tensor
-from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
-from .common import check_decode_chunk_size, decode_latents
+from .base import (
+    DiffusionPipeline,
+    check_generator,
+    check_guidance,
+    check_latents,
+    check_positive_int,
+    check_size,
+    legacy_callback_kwargs,
+)
+from .common import (
+    VideoStagesMixin,
+    check_decode_chunk_size,
+    decode_latents,
+    prepare_noise_latents,
+    text_guided_step,
+    vae_scale_factor,
+)
 from .free_init import FreeInitMixin
-from .prompt import check_prompt_inputs, encode_prompt, prompt_batch_size
-from .video_io import VideoPipelineOutput, check_output_type, postprocess_video, preprocess_video
+from .prompt import PromptEncoderMixin, check_prompt_inputs, prompt_batch_size
+from .video_io import VideoPipelineOutput, check_output_type, preprocess_video
 
 logger = logging.getLogger("vidiff")
 
@@ -40,12 +55,13 @@ class AnimateDiffPipelineOutput(VideoPipelineOutput):
     """``frames``: np (batch, frames, h, w, c), pt (batch, frames, c, h, w), a list of lists of PIL images, or latents."""
 
 
-class _AnimateDiffBase(DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoaderMixin):
+class _AnimateDiffBase(PromptEncoderMixin, VideoStagesMixin, DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoaderMixin):
     """Components, prompt encoding, the guided UNet step, the (FreeInit) sampling passes and decoding."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
     _optional_components = ("feature_extractor", "image_encoder", "motion_adapter")
     _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    _output_class = AnimateDiffPipelineOutput
 
     def __init__(self, vae, text_encoder, tokenizer, unet, motion_adapter, scheduler, feature_extractor=None, image_encoder=None):
         if isinstance(unet, UNet2DConditionModel):  # an SD folder's UNet: insert the adapter's motion modules
@@ -57,18 +73,9 @@ class _AnimateDiffBase(DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoad
                             f"{type(unet).__module__}.{type(unet).__name__}; load it with vidiff's from_pretrained")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=motion_adapter,
                               scheduler=scheduler, feature_extractor=feature_extractor, image_encoder=image_encoder)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     # ----------------------------------------------------------------- stages
-    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
-                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
-        """(prompt_embeds, negative_prompt_embeds). ``lora_scale`` scales text-encoder LoRAs, which vidiff does not load,
-        so it has nothing to act on."""
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, num_images_per_prompt,
-                             do_classifier_free_guidance, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                             clip_skip=clip_skip, dtype=dtype)
-
     def text_conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_videos_per_prompt,
                           num_frames, do_cfg, clip_skip, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-frame text states ((2 if cfg) * b * f, n, d) for the UNet, and the negative embeddings."""
@@ -82,18 +89,8 @@ class _AnimateDiffBase(DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoad
 
     def make_step(self, guidance_scale: float, do_cfg: bool, cross_attention_kwargs, step_kwargs) -> Callable:
         """UNet on [uncond, cond] latents (b, c, f, h, w), guidance, one scheduler step on the whole tensor."""
-
-        def step(i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
-            latents = state["latents"]
-            x = torch.cat([latents] * 2) if do_cfg else latents
-            x = self.scheduler.scale_model_input(x, t)
-            noise_pred = self.unet(x, t, encoder_hidden_states=state["prompt_embeds"],
-                                   cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-            if do_cfg:
-                noise_pred = cfg_combine(noise_pred, guidance_scale)
-            return self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
-
-        return step
+        return text_guided_step(self, guidance_scale, do_cfg, cross_attention_kwargs,
+                                lambda noise_pred, t, latents: self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample)
 
     def sample(self, state: dict, timesteps: torch.Tensor, num_inference_steps: int, step: Callable, device, generator,
                callbacks: dict, strength: float | None = None) -> torch.Tensor:
@@ -113,11 +110,6 @@ class _AnimateDiffBase(DiffusionPipeline, FreeInitMixin, StableDiffusionLoraLoad
         finally:
             self._free_init_initial_noise = None
         return state["latents"]
-
-    def finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int):
-        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
-        self.maybe_free_model_hooks()
-        return AnimateDiffPipelineOutput(frames=video) if return_dict else (video,)
 
     # ----------------------------------------------------------------- checks
     def check_common_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale,
@@ -172,26 +164,11 @@ def resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return frames.reshape(b, f, c, height, width).permute(0, 2, 1, 3, 4)
 
 
-def _legacy_callback_kwargs(kwargs: dict[str, Any], name: str) -> tuple[Callable | None, int | None]:
-    """The reference's deprecated ``callback`` / ``callback_steps`` keyword arguments; anything else is refused."""
-    callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
-    if kwargs:
-        raise TypeError(f"{name}.__call__ got unexpected keyword arguments {sorted(kwargs)}")
-    if callback is not None or callback_steps is not None:
-        logger.warning("`callback` and `callback_steps` are deprecated; use callback_on_step_end")
-    return callback, callback_steps
-
-
 class AnimateDiffPipeline(_AnimateDiffBase):
     """Text -> video with an SD 1.5 model and an AnimateDiff motion adapter."""
 
-    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        s = self.vae_scale_factor
-        return (batch_size, self.unet.config.in_channels, num_frames, height // s, width // s)
-
     def prepare_latents(self, shape, dtype, device, generator, latents=None) -> torch.Tensor:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device)
-        return latents * self.scheduler.init_noise_sigma
+        return prepare_noise_latents(self.scheduler, shape, dtype, device, generator, latents)
 
     @torch.no_grad()
     def __call__(
@@ -225,7 +202,7 @@ class AnimateDiffPipeline(_AnimateDiffBase):
         ``num_videos_per_prompt`` is honoured (the reference resets it to 1): each prompt gives that many videos, in
         the order prompt 0's videos, then prompt 1's. ``cross_attention_kwargs={"scale": s}`` scales loaded LoRAs.
         """
-        callback, callback_steps = _legacy_callback_kwargs(kwargs, type(self).__name__)
+        callback, callback_steps = legacy_callback_kwargs(kwargs, type(self).__name__)
         height, width = self._sizes(height, width)
         check_size(height, width, self.vae_scale_factor)
         self.check_num_frames(num_frames)

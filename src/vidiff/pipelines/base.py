@@ -300,13 +300,25 @@ def check_generator(generator: Any, batch_size: int) -> None:
         raise ValueError(f"got a list of {len(generator)} generators for an effective batch of {batch_size}; pass one generator or a list of {batch_size}")
 
 
-def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+def legacy_callback_kwargs(kwargs: dict[str, Any], name: str) -> tuple[Callable | None, int | None]:
+    """The reference's deprecated ``callback`` / ``callback_steps`` keyword arguments; anything else is refused."""
+    callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
+    if kwargs:
+        raise TypeError(f"{name}.__call__ got unexpected keyword arguments {sorted(kwargs)}")
+    if callback is not None or callback_steps is not None:
+        logger.warning("`callback` and `callback_steps` are deprecated; use callback_on_step_end")
+    return callback, callback_steps
+
+
+def check_latents(latents: torch.Tensor | None, shape: tuple[int, ...], layout: str = "for this batch, frame count and size",
+                  finite: bool = True) -> None:
+    """User latents (None: drawn later) must be a tensor of ``shape`` (``layout`` says what it holds), finite if asked."""
     if latents is None:
         return
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
     if tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)} for this batch, frame count and size")
-    if not torch.isfinite(latents).all():
+        raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)} {layout}")
+    if finite and not torch.isfinite(latents).all():
         raise ValueError("latents contain NaN or infinity")
 

@@ -1,10 +1,45 @@
-"""Stage functions shared by the video pipelines: frame-wise scheduler steps, VAE decode/encode in chunks."""
+"""Stage functions shared by the pipelines: noise latents, the text-guided UNet step, frame-wise scheduler steps,
+VAE decode in chunks, and the video pipelines' latent shape and output stage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from ..runtime.random import randn_tensor
+from .base import cfg_combine
+from .video_io import VideoPipelineOutput, postprocess_video
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent along each side: 2 per VAE down stage (8 when the pipeline has no VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+
+def prepare_noise_latents(scheduler, shape, dtype, device, generator, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Starting latents: ``latents`` (moved to ``device``) or a fresh draw, scaled by the scheduler's initial sigma."""
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device)
+    return latents * scheduler.init_noise_sigma
+
+
+def text_guided_step(pipe, guidance_scale: float, do_cfg: bool, cross_attention_kwargs,
+                     scheduler_step: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]) -> Callable:
+    """The per-step function of the text-to-video loops: UNet on [uncond, cond] latents (b, c, f, h, w) with
+    ``state["prompt_embeds"]``, classifier-free guidance, then ``scheduler_step(noise_pred, t, latents)``."""
+
+    def step(i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
+        latents = state["latents"]
+        x = torch.cat([latents] * 2) if do_cfg else latents
+        x = pipe.scheduler.scale_model_input(x, t)
+        noise_pred = pipe.unet(x, t, encoder_hidden_states=state["prompt_embeds"],
+                               cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+        if do_cfg:
+            noise_pred = cfg_combine(noise_pred, guidance_scale)
+        return scheduler_step(noise_pred, t, latents)
+
+    return step
 
 
 def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
@@ -38,3 +73,19 @@ def decode_latents(vae, latents: torch.Tensor, decode_chunk_size: int | None = N
 def check_decode_chunk_size(decode_chunk_size: Any) -> None:
     if decode_chunk_size is not None and (isinstance(decode_chunk_size, bool) or not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
         raise ValueError(f"decode_chunk_size must be a positive integer (frames decoded at once) or None, got {decode_chunk_size!r}")
+
+
+class VideoStagesMixin:
+    """The latent shape and the output stage of pipelines whose UNet denoises (b, c, f, h, w) latents."""
+
+    _output_class: type = VideoPipelineOutput
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        s = self.vae_scale_factor
+        return (batch_size, self.unet.config.in_channels, num_frames, height // s, width // s)
+
+    def finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int | None):
+        """Decode (unless "latent") and convert to ``output_type``; then release the offload hooks."""
+        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        self.maybe_free_model_hooks()
+        return self._output_class(frames=video) if return_dict else (video,)

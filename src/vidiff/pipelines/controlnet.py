@@ -18,14 +18,13 @@ from typing import Any
 import torch
 
 from ..models.controlnet import MultiControlNetModel
-from .base import cfg_combine, check_generator, check_size
+from .base import cfg_combine, check_generator, check_size, legacy_callback_kwargs
 from .prompt import prompt_batch_size
 from .stable_diffusion import (
     StableDiffusionBase,
     check_image_input,
     check_image_latents,
     check_schedule_inputs,
-    legacy_callback_kwargs,
     preprocess_image,
     retrieve_timesteps,
 )

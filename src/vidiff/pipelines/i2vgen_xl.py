@@ -18,12 +18,18 @@ import PIL.Image
 import torch
 
 from ..media.frames import to_pil_frames
-from ..runtime.random import randn_tensor
 from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
-from .common import check_decode_chunk_size, decode_latents, scheduler_step_frames
+from .common import (
+    VideoStagesMixin,
+    check_decode_chunk_size,
+    decode_latents,
+    prepare_noise_latents,
+    scheduler_step_frames,
+    vae_scale_factor,
+)
 from .image_encoding import clip_normalize, image_embeddings, load_images, pil_to_tensor
 from .prompt import _mask, _run_text_encoder, _tokenize, check_prompt_inputs, encode_prompt, prompt_batch_size, repeat_embeds
-from .video_io import VideoPipelineOutput, check_output_type, postprocess_video
+from .video_io import VideoPipelineOutput, check_output_type
 
 I2VGenXLPipelineOutput = VideoPipelineOutput
 
@@ -61,7 +67,7 @@ def _negative_texts(negative_prompt: str | list[str] | None, batch_size: int) ->
     return texts
 
 
-class I2VGenXLPipeline(DiffusionPipeline):
+class I2VGenXLPipeline(VideoStagesMixin, DiffusionPipeline):
     """Image + text -> video (ali-vilab/i2vgen-xl)."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -70,7 +76,7 @@ class I2VGenXLPipeline(DiffusionPipeline):
     def __init__(self, vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet, scheduler):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
                               feature_extractor=feature_extractor, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
         self._guidance_scale = 9.0
 
     @property
@@ -133,16 +139,11 @@ class I2VGenXLPipeline(DiffusionPipeline):
         latents = self.prepare_image_latents(pixels.to(device=device, dtype=embeds.dtype), device, num_frames, num_videos_per_prompt)
         return embeds, latents
 
-    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        s = self.vae_scale_factor
-        return (batch_size, self.unet.config.in_channels, num_frames, height // s, width // s)
-
     def prepare_latents(self, batch_size, num_channels_latents, num_frames, height, width, dtype, device, generator,
                         latents=None) -> torch.Tensor:
         s = self.vae_scale_factor
         shape = (batch_size, num_channels_latents, num_frames, height // s, width // s)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device)
-        return latents * self.scheduler.init_noise_sigma
+        return prepare_noise_latents(self.scheduler, shape, dtype, device, generator, latents)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         return decode_latents(self.vae, latents, decode_chunk_size)
@@ -255,7 +256,3 @@ class I2VGenXLPipeline(DiffusionPipeline):
                              callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         return self.finish(state["latents"], output_type, return_dict, decode_chunk_size)
 
-    def finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int | None):
-        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
-        self.maybe_free_model_hooks()
-        return I2VGenXLPipelineOutput(frames=video) if return_dict else (video,)

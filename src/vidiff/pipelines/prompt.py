@@ -115,3 +115,17 @@ def repeat_embeds(embeds: torch.Tensor, n: int) -> torch.Tensor:
     """(b, s, d) -> (b*n, s, d), each item repeated n times in place (reference order)."""
     b, s, d = embeds.shape
     return embeds.repeat(1, n, 1).view(b * n, s, d)
+
+
+class PromptEncoderMixin:
+    """``encode_prompt`` of the SD-family pipelines (same signature as the reference's) over ``self.tokenizer`` and
+    ``self.text_encoder``; embeddings take the text encoder's dtype (the UNet's when only embeddings are given)."""
+
+    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
+                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
+        """(prompt_embeds, negative_prompt_embeds), each repeated ``num_images_per_prompt`` times. ``lora_scale`` scales
+        text-encoder LoRAs, which vidiff does not load, so it has nothing to act on."""
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, num_images_per_prompt,
+                             do_classifier_free_guidance, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                             clip_skip=clip_skip, dtype=dtype)

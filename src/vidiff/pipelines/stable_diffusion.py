@@ -27,9 +27,18 @@ import torch
 import torch.nn.functional as F
 
 from ..models.outputs import BaseOutput
-from ..runtime.random import randn_tensor
-from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_positive_int, check_size
-from .prompt import check_prompt_inputs, encode_prompt, prompt_batch_size
+from .base import (
+    DiffusionPipeline,
+    cfg_combine,
+    check_generator,
+    check_guidance,
+    check_latents,
+    check_positive_int,
+    check_size,
+    legacy_callback_kwargs,
+)
+from .common import prepare_noise_latents, vae_scale_factor
+from .prompt import PromptEncoderMixin, check_prompt_inputs, prompt_batch_size
 from .video_io import check_output_type
 
 logger = logging.getLogger("vidiff")
@@ -162,27 +171,12 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: t
     return F.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
 
 
-def legacy_callback_kwargs(kwargs: dict[str, Any], name: str) -> tuple[Callable | None, int | None]:
-    """The reference's deprecated ``callback`` / ``callback_steps`` keyword arguments; anything else is refused."""
-    callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
-    if kwargs:
-        raise TypeError(f"{name}.__call__ got unexpected keyword arguments {sorted(kwargs)}")
-    if callback is not None or callback_steps is not None:
-        logger.warning("`callback` and `callback_steps` are deprecated; use callback_on_step_end")
-    return callback, callback_steps
-
-
 def check_image_latents(latents: Any, shape: tuple[int, ...]) -> None:
-    if latents is None:
-        return
-    if not isinstance(latents, torch.Tensor):
-        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-    if tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)} (batch, channels, height/8, width/8)")
+    check_latents(latents, shape, "(batch, channels, height/8, width/8)", finite=False)
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(PromptEncoderMixin, DiffusionPipeline):
     """Components, safety-checker handling, prompt encoding, latents and decoding shared by the SD image pipelines."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -198,16 +192,7 @@ class StableDiffusionBase(DiffusionPipeline):
         self.register_modules(**modules)
         self.requires_safety_checker = requires_safety_checker
         vae = modules.get("vae")
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
-
-    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
-                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
-        """(prompt_embeds, negative_prompt_embeds), each repeated ``num_images_per_prompt`` times. ``lora_scale`` scales
-        text-encoder LoRAs, which vidiff does not load, so it has nothing to act on."""
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, num_images_per_prompt,
-                             do_classifier_free_guidance, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                             clip_skip=clip_skip, dtype=dtype)
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     def default_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         size = self.unet.config.sample_size
@@ -221,8 +206,7 @@ class StableDiffusionBase(DiffusionPipeline):
         return (batch_size, channels or self.unet.config.in_channels, int(height) // s, int(width) // s)
 
     def prepare_latents(self, shape, dtype, device, generator, latents=None) -> torch.Tensor:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device)
-        return latents * self.scheduler.init_noise_sigma
+        return prepare_noise_latents(self.scheduler, shape, dtype, device, generator, latents)
 
     def timestep_cond(self, guidance_scale: float, batch: int, device, dtype) -> torch.Tensor | None:
         dim = getattr(self.unet.config, "time_cond_proj_dim", None)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..runtime.random import randn_tensor
-from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_positive_int, check_size
-from .common import check_decode_chunk_size
+from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
+from .common import check_decode_chunk_size, vae_scale_factor
 from .image_encoding import ImageInput, clip_pixel_values, clip_size, image_embeddings, load_images, vae_pixels
 from .video_io import VideoPipelineOutput, check_output_type, postprocess_video
 
@@ -57,7 +57,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
 
     def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor):
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     @property
     def guidance_scale(self) -> float | torch.Tensor:
@@ -194,15 +194,8 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
                              f"{3 * self.unet.config.addition_time_embed_dim}; the UNet config is inconsistent")
 
     def _check_latents(self, latents, shape: tuple[int, ...]) -> None:
-        if latents is None:
-            return
-        if not isinstance(latents, torch.Tensor):
-            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} "
-                             "(batch x num_videos_per_prompt, frames, channels, height/{0}, width/{0})".format(self.vae_scale_factor))
-        if not torch.isfinite(latents).all():
-            raise ValueError("latents contain NaN or infinity")
+        s = self.vae_scale_factor
+        check_latents(latents, shape, f"(batch x num_videos_per_prompt, frames, channels, height/{s}, width/{s})")
 
     # ----------------------------------------------------------------- call
     @torch.no_grad()

@@ -10,21 +10,30 @@ import torch
 from ...runtime.random import randn_tensor
 from ..base import (
     DiffusionPipeline,
-    cfg_combine,
     check_generator,
     check_guidance,
     check_latents,
     check_positive_int,
     check_size,
 )
-from ..common import check_decode_chunk_size, decode_latents, frames_to_batch, batch_to_frames, scheduler_step_frames
-from ..prompt import check_prompt_inputs, encode_prompt, prompt_batch_size
-from ..video_io import VideoPipelineOutput, check_output_type, postprocess_video, preprocess_video
+from ..common import (
+    VideoStagesMixin,
+    batch_to_frames,
+    check_decode_chunk_size,
+    decode_latents,
+    frames_to_batch,
+    prepare_noise_latents,
+    scheduler_step_frames,
+    text_guided_step,
+    vae_scale_factor,
+)
+from ..prompt import PromptEncoderMixin, check_prompt_inputs, prompt_batch_size
+from ..video_io import VideoPipelineOutput, check_output_type, preprocess_video
 
 TextToVideoSDPipelineOutput = VideoPipelineOutput
 
 
-class TextToVideoSDPipeline(DiffusionPipeline):
+class TextToVideoSDPipeline(PromptEncoderMixin, VideoStagesMixin, DiffusionPipeline):
     """Text -> video with a UNet3DConditionModel (damo-vilab/text-to-video-ms-1.7b, cerspense/zeroscope_v2_576w)."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -32,43 +41,26 @@ class TextToVideoSDPipeline(DiffusionPipeline):
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae)
 
     # ----------------------------------------------------------------- stages
     def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
                       prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
         if lora_scale is not None:
             raise NotImplementedError("LoRA scaling of the text encoder is not supported by this pipeline yet")
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, num_images_per_prompt,
-                             do_classifier_free_guidance, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                             clip_skip=clip_skip, dtype=dtype)
-
-    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        s = self.vae_scale_factor
-        return (batch_size, self.unet.config.in_channels, num_frames, height // s, width // s)
+        return super().encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
+                                     prompt_embeds, negative_prompt_embeds, clip_skip=clip_skip)
 
     def prepare_latents(self, shape, dtype, device, generator, latents=None) -> torch.Tensor:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) if latents is None else latents.to(device)
-        return latents * self.scheduler.init_noise_sigma
+        return prepare_noise_latents(self.scheduler, shape, dtype, device, generator, latents)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         return decode_latents(self.vae, latents, decode_chunk_size)
 
     def make_step(self, guidance_scale: float, do_cfg: bool, cross_attention_kwargs, step_kwargs) -> Callable:
         """The per-step function the shared loop runs: UNet on [uncond, cond], guidance, frame-wise scheduler step."""
-
-        def step(i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
-            latents = state["latents"]
-            x = torch.cat([latents] * 2) if do_cfg else latents
-            x = self.scheduler.scale_model_input(x, t)
-            noise_pred = self.unet(x, t, encoder_hidden_states=state["prompt_embeds"],
-                                   cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-            if do_cfg:
-                noise_pred = cfg_combine(noise_pred, guidance_scale)
-            return scheduler_step_frames(self.scheduler, noise_pred, t, latents, step_kwargs)
-
-        return step
+        return text_guided_step(self, guidance_scale, do_cfg, cross_attention_kwargs,
+                                lambda noise_pred, t, latents: scheduler_step_frames(self.scheduler, noise_pred, t, latents, step_kwargs))
 
     def check_common_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_inference_steps,
                             guidance_scale, output_type, decode_chunk_size, callback_on_step_end_tensor_inputs, callback_steps):
@@ -78,11 +70,6 @@ class TextToVideoSDPipeline(DiffusionPipeline):
         check_output_type(output_type)
         check_decode_chunk_size(decode_chunk_size)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs, callback_steps)
-
-    def finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, decode_chunk_size: int | None):
-        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
-        self.maybe_free_model_hooks()
-        return VideoPipelineOutput(frames=video) if return_dict else (video,)
 
     def run(self, latents, prompt_embeds, negative_prompt_embeds, timesteps, num_inference_steps, guidance_scale,
             do_cfg, generator, eta, cross_attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs,
