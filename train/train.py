@@ -63,6 +63,7 @@ class TrainConfig:
     uncond_prob: float = 0.1
     min_snr_gamma: float = 5.0
     log_every: int = 25
+    save_every: int = 0  # also write the EMA pipeline to WORK/checkpoint-STEP every this many steps (0: never)
 
 
 PRESETS = {
@@ -253,7 +254,7 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, gen: torch.Generator) -> torch.Tensor:
-    """v-prediction loss with min-SNR-gamma weights on a batch of scaled latents (b c f h w)."""
+    """v-prediction loss (x0 weight min(snr + 1, gamma)) on a batch of scaled latents (b c f h w)."""
     b = latents.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
     noise = torch.randn(latents.shape, generator=gen)
@@ -262,12 +263,14 @@ def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, ge
     pred = unet(noisy, t, text_encoder(ids)[0]).sample
     alpha_bar = scheduler.alphas_cumprod[t]
     snr = alpha_bar / (1 - alpha_bar)
-    weight = snr.clamp(max=gamma) / (snr + 1)
+    # v-loss = (snr + 1) x the x0-loss; cap that x0 weight at gamma (low noise) and keep it whole at high noise,
+    # where the layout, colour and motion of the clip are decided
+    weight = (gamma / (snr + 1)).clamp(max=1.0)
     return (weight * (pred - target).pow(2).mean(dim=(1, 2, 3, 4))).mean()
 
 
 def train_denoiser(cfg: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, scheduler,
-                   text_encoder, log: Log):
+                   text_encoder, log: Log, checkpoint=None):
     unet = build_unet(cfg).train()
     text_encoder.train()
     log(f"unet: {unet.num_parameters() / 1e6:.2f}M parameters, text encoder: {text_encoder.num_parameters() / 1e6:.2f}M; "
@@ -293,6 +296,8 @@ def train_denoiser(cfg: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, e
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % cfg.log_every == 0 or step == cfg.unet_steps - 1:
             log(f"unet step {step:5d}  loss {running:.4f}")
+        if checkpoint is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.unet_steps:
+            checkpoint(step + 1, ema_unet.module, ema_text.module)
     return ema_unet.module, ema_text.module
 
 
@@ -330,7 +335,11 @@ def train(cfg: TrainConfig, out: Path, work: Path, vae_from: Path | None = None)
     ids, empty_ids = tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0]
     torch.manual_seed(cfg.seed + 3)
     text_encoder = build_text_encoder(cfg, tok_dir)
-    unet, text_encoder = train_denoiser(cfg, latents, ids, empty_ids, scheduler, text_encoder, log)
+    def checkpoint(step: int, unet, text_encoder) -> None:
+        save(work / f"checkpoint-{step}", vae, text_encoder, tok_dir, unet, scheduler)
+        log(f"saved {work / f'checkpoint-{step}'}")
+
+    unet, text_encoder = train_denoiser(cfg, latents, ids, empty_ids, scheduler, text_encoder, log, checkpoint)
     save(out, vae, text_encoder, tok_dir, unet, scheduler)
     log(f"saved {out} ({folder_size(out) / 2**20:.1f} MiB)")
     return out

@@ -92,6 +92,17 @@ def enable_sequential_cpu_offload(components: dict[str, object], device: torch.d
         for leaf in module.modules():
             if next(leaf.children(), None) is not None or not any(True for _ in leaf.parameters(recurse=False)):
                 continue
-            handles.append(leaf.register_forward_pre_hook(lambda m, a, d=device: m.to(d)))
-            handles.append(leaf.register_forward_hook(lambda m, a, out: m.to("cpu")))
+            handles.append(leaf.register_forward_pre_hook(_onload_leaf(device)))
+            handles.append(leaf.register_forward_hook(_offload_leaf))
     return handles
+
+
+def _onload_leaf(device: torch.device):
+    def hook(module: nn.Module, args) -> None:  # returns None: a returned value would replace the inputs
+        module.to(device)
+
+    return hook
+
+
+def _offload_leaf(module: nn.Module, args, output) -> None:  # returns None: a returned value would replace the output
+    module.to("cpu")

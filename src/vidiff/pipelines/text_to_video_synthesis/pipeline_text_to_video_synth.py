@@ -114,9 +114,12 @@ class TextToVideoSDPipeline(PromptEncoderMixin, VideoStagesMixin, DiffusionPipel
     ):
         """Generate a video from text. Defaults follow the reference; ``decode_chunk_size`` (frames decoded at once,
         None = all) and ``callback_on_step_end`` are vidiff additions."""
-        default = self.unet.config.sample_size * self.vae_scale_factor
-        height = default if height is None else height
-        width = default if width is None else width
+        if height is None or width is None:
+            if self.unet.config.sample_size is None:
+                raise ValueError("this UNet's config has no sample_size: pass height and width")
+            default = self.unet.config.sample_size * self.vae_scale_factor
+            height = default if height is None else height
+            width = default if width is None else width
         check_size(height, width, self.vae_scale_factor)
         check_positive_int("num_frames", num_frames)
         self.check_common_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_inference_steps,

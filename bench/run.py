@@ -1,0 +1,274 @@
+"""vidiff vs the reference (diffusers), side by side: load time, per-step denoiser time, end-to-end time, peak RSS,
+frame difference and (full-size UNets) FLOPs per step and achieved GFLOP/s.
+
+    /work/venv/bin/python bench/run.py                       # every case, 2 interleaved repeats
+    /work/venv/bin/python bench/run.py --cases t2v-mid,svd-mid --repeats 3
+
+Each case is a diffusers-format folder of random weights, built once with the reference and cached under
+``--cache`` (default /tmp/vidiff-bench). Every (library, case, repeat) runs in its own subprocess so its peak RSS is
+its own; the runs are interleaved (A B, B A, ...) and the table shows medians over repeats. The machine may be shared:
+the table prints the load average before and after. diffusers is needed only by this script, never by vidiff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------------------------------------- cases
+# ModelScope text-to-video (damo-vilab/text-to-video-ms-1.7b): its unet/config.json is UNet3DConditionModel's defaults.
+T2V_FULL_UNET: dict = dict(sample_size=32)  # (its config sets sample_size, the class default is None)
+# stabilityai/stable-video-diffusion-img2vid-xt unet/config.json is UNetSpatioTemporalConditionModel's defaults.
+SVD_FULL_UNET: dict = {}
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=256)
+SVD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2,
+               latent_channels=4)
+
+CASES: dict[str, dict] = {
+    "t2v-mid": dict(kind="t2v", full=False, text_dim=256,
+                    unet=dict(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2, attention_head_dim=32, norm_num_groups=32,
+                              cross_attention_dim=256, down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
+                              up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2),
+                    vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+                             up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=32),
+                    call=dict(num_frames=4, height=64, width=64, num_inference_steps=4)),
+    "svd-mid": dict(kind="svd", full=False, text_dim=256, randomize=None,
+                    unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4),
+                              cross_attention_dim=256, addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
+                              down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
+                              up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2),
+                    vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
+                             latent_channels=4),
+                    call=dict(num_frames=4, height=64, width=64, num_inference_steps=4, decode_chunk_size=2)),
+    "t2v-full": dict(kind="t2v", full=True, text_dim=1024, unet=T2V_FULL_UNET, vae=SD_VAE,
+                     call=dict(num_frames=4, height=128, width=128, num_inference_steps=2)),
+    "svd-full": dict(kind="svd", full=True, text_dim=1024, unet=SVD_FULL_UNET, vae=SVD_VAE, randomize=None,
+                     call=dict(num_frames=4, height=128, width=128, num_inference_steps=2, decode_chunk_size=2)),
+}
+
+
+def build(case: str, folder: Path) -> None:
+    """Random-weight diffusers folder for ``case`` (made with the reference)."""
+    import torch
+    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DDIMScheduler, EulerDiscreteScheduler,
+                           StableVideoDiffusionPipeline, TextToVideoSDPipeline, UNet3DConditionModel,
+                           UNetSpatioTemporalConditionModel)
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import SVD_SCHEDULER, clip_image_processor, clip_tokenizer, randomize
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    spec = CASES[case]
+    torch.manual_seed(0)
+    dim = spec["text_dim"]
+    if spec["kind"] == "t2v":
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=dim, intermediate_size=4 * dim, num_attention_heads=dim // 64,
+                                            num_hidden_layers=2, vocab_size=600, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                            projection_dim=dim, max_position_embeddings=77)).eval()
+        pipe = TextToVideoSDPipeline(vae=AutoencoderKL(**spec["vae"]), text_encoder=text, tokenizer=clip_tokenizer(folder.parent / f"{case}-tok"),
+                                     unet=UNet3DConditionModel(**spec["unet"]),
+                                     scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                             clip_sample=False, set_alpha_to_one=False))
+    else:
+        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=64, projection_dim=dim, num_hidden_layers=2,
+                                                                num_attention_heads=4, image_size=224, intermediate_size=128,
+                                                                patch_size=56)).eval()
+        # randomize: N(0, scale) for every weight (else the reference's default initialisation)
+        scale = spec.get("randomize", 0.02)
+        init = (lambda m, seed: randomize(m, seed, scale)) if scale else (lambda m, seed: m.eval())
+        pipe = StableVideoDiffusionPipeline(vae=init(AutoencoderKLTemporalDecoder(**spec["vae"]), 1), image_encoder=vision,
+                                            unet=init(UNetSpatioTemporalConditionModel(**spec["unet"]), 0),
+                                            scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
+                                            feature_extractor=clip_image_processor(224))
+    tmp = folder.with_name(folder.name + ".partial")
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------- worker
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sdpa_cpu_flops():
+    """FlopCounterMode has no formula for the CPU flash-attention op; count it as the other SDPA kernels."""
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def count(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: count}
+
+
+def worker(lib: str, case: str, folder: Path, out: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+    spec = CASES[case]
+    t0 = time.perf_counter()
+    if lib == "vidiff":
+        import vidiff as lib_mod
+    else:
+        import diffusers as lib_mod
+    cls = getattr(lib_mod, "TextToVideoSDPipeline" if spec["kind"] == "t2v" else "StableVideoDiffusionPipeline")
+    # the reference imports transformers' CLIP with its pipeline module, vidiff on first use: import it here in both
+    # so that load_s is from_pretrained alone; import_s is the import cost (cold start = import_s + load_s)
+    from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
+
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pipe = cls.from_pretrained(folder)
+    load_s = time.perf_counter() - t0
+    rss_after_load = _peak_rss_mb()
+    pipe.set_progress_bar_config(disable=True)
+
+    steps: list[float] = []
+    captured: dict = {}
+
+    def pre(module, args, kwargs):
+        captured.setdefault("call", (args, kwargs))
+        captured["t"] = time.perf_counter()
+
+    def post(module, args, kwargs, output):
+        steps.append(time.perf_counter() - captured["t"])
+
+    pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
+    pipe.unet.register_forward_hook(post, with_kwargs=True)
+    call = dict(spec["call"], generator=torch.Generator().manual_seed(0), output_type="np")
+    if spec["kind"] == "t2v":
+        call["prompt"] = "a red panda eating bamboo"
+    else:
+        rgb = np.random.default_rng(0).integers(0, 256, (call["height"], call["width"], 3), dtype=np.uint8)
+        call["image"] = Image.fromarray(rgb)
+    profile_to = os.environ.get("BENCH_PROFILE")  # a file: torch.profiler table of the whole call (timings then skewed)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), (torch.profiler.profile() if profile_to else contextlib.nullcontext()) as prof:
+        frames = pipe(**call).frames
+    e2e_s = time.perf_counter() - t0
+    if profile_to:
+        Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=40))
+    np.save(out.with_suffix(".npy"), np.asarray(frames, dtype=np.float32))
+    result = dict(lib=lib, case=case, import_s=import_s, load_s=load_s, e2e_s=e2e_s, step_s=statistics.median(steps),
+                  steps=list(steps), rss_mb=_peak_rss_mb(), rss_load_mb=rss_after_load)
+    if spec["full"]:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        args, kwargs = captured["call"]
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_sdpa_cpu_flops()) as counter:
+            pipe.unet(*args, **kwargs)
+        result["flops"] = counter.get_total_flops()
+    out.write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------------------- parent
+def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int) -> dict:
+    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--cases", case, "--folder", str(folder), "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{lib} {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _warm_page_cache(folder: Path) -> None:
+    """Read every file once so that the first run does not pay for the disk (both libraries map the weights)."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+
+
+def _fmt(v: float, r: float, unit: str = "", digits: int = 2) -> str:
+    return f"{v:.{digits}f}{unit} / {r:.{digits}f}{unit} = {v / r:.2f}x"
+
+
+def table(results: dict[str, dict[str, list[dict]]], load_before: str, load_after: str, threads: int) -> str:
+    import numpy as np
+
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    lines = [f"load average before: {load_before}; after: {load_after}; torch threads: {threads}",
+             "figures are vidiff / reference = ratio (median over repeats); load = from_pretrained, import = import of the",
+             "library, its pipeline module and transformers' CLIP", "",
+             "| case | import s | load s | step s (median) | end-to-end s | peak RSS MB | max frame diff | GFLOP/step | GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for case, by_lib in results.items():
+        v, r = by_lib["vidiff"], by_lib["diffusers"]
+        diff = max(float(np.abs(np.load(a["npy"]) - np.load(b["npy"])).max()) for a, b in zip(v, r))
+        flops = gflops = "-"
+        if "flops" in v[0]:
+            fv, fr = v[0]["flops"] / 1e9, r[0]["flops"] / 1e9
+            flops = f"{fv:.1f} / {fr:.1f}"
+            gflops = _fmt(fv / med(v, "step_s"), fr / med(r, "step_s"), digits=1)
+        lines.append(f"| {case} | {_fmt(med(v, 'import_s'), med(r, 'import_s'))} | {_fmt(med(v, 'load_s'), med(r, 'load_s'))} | {_fmt(med(v, 'step_s'), med(r, 'step_s'), digits=3)} | "
+                     f"{_fmt(med(v, 'e2e_s'), med(r, 'e2e_s'))} | {_fmt(med(v, 'rss_mb'), med(r, 'rss_mb'), digits=0)} | "
+                     f"{diff:.1e} | {flops} | {gflops} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per library and case (medians are reported)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
+    ap.add_argument("--json", type=Path, help="also write every raw figure here")
+    ap.add_argument("--worker", choices=("vidiff", "diffusers"), help=argparse.SUPPRESS)
+    ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; pick from {list(CASES)}")
+    if args.worker:
+        return worker(args.worker, cases[0], args.folder, args.out)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    runs = args.cache / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    runs.mkdir(parents=True)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results: dict[str, dict[str, list[dict]]] = {}
+    for case in cases:
+        spec_id = hashlib.sha1(repr(CASES[case]).encode()).hexdigest()[:8]  # a changed case gets a new folder
+        folder = args.cache / f"{case}-{spec_id}"
+        if not folder.exists():
+            print(f"building {folder} with the reference ...", flush=True)
+            build(case, folder)
+        _warm_page_cache(folder)
+        results[case] = {"vidiff": [], "diffusers": []}
+        for rep in range(args.repeats):
+            order = ("vidiff", "diffusers") if rep % 2 == 0 else ("diffusers", "vidiff")
+            for lib in order:
+                out = runs / f"{case}-{lib}-{rep}.json"
+                res = _run_worker(lib, case, folder, out, args.threads)
+                res["npy"] = str(out.with_suffix(".npy"))
+                results[case][lib].append(res)
+                print(f"  {case} {lib} #{rep}: load {res['load_s']:.2f}s step {res['step_s']:.3f}s e2e {res['e2e_s']:.2f}s "
+                      f"rss {res['rss_mb']:.0f}MB", flush=True)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print()
+    print(table(results, load_before, load_after, args.threads))
+
+
+if __name__ == "__main__":
+    main()

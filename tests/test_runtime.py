@@ -1,0 +1,190 @@
+"""Runtime features on every pipeline class: model / sequential CPU offload (with the CPU standing in for the
+accelerator), forward chunking, attention slicing, VAE slicing / tiling, decode chunks, and torch.compile."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import vidiff
+from tiny import (ref_i2vgen_pipeline, ref_pix2pix_pipeline, ref_sd_controlnet_pipeline, ref_svd_pipeline, ref_t2v_pipeline,
+                  ref_t2v_zero_pipeline, save_ref_pipeline)
+from vidiff.runtime import offload
+
+warnings.filterwarnings("ignore")
+CHUNK_TOL = 1e-5
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _photos(n: int, h: int = 16, w: int = 16, seed: int = 0) -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------- one folder per component set
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runtime")
+    from test_pipeline_animatediff import write_adapter_folder, write_sd_folder
+
+    return {
+        "t2v": save_ref_pipeline(ref_t2v_pipeline(tmp), tmp / "t2v"),
+        "svd": save_ref_pipeline(ref_svd_pipeline(image_size=56), tmp / "svd"),
+        "i2vgen": save_ref_pipeline(ref_i2vgen_pipeline(tmp), tmp / "i2vgen"),
+        "sd": save_ref_pipeline(ref_t2v_zero_pipeline(tmp), tmp / "sd"),
+        "cn": save_ref_pipeline(ref_sd_controlnet_pipeline(tmp), tmp / "cn"),
+        "p2p": save_ref_pipeline(ref_pix2pix_pipeline(tmp), tmp / "p2p"),
+        "animatediff": (write_sd_folder(tmp), write_adapter_folder(tmp)),
+    }
+
+
+# pipeline class -> (folder, tiny call). Every pipeline class vidiff exports is here (checked below).
+CASES = {
+    "TextToVideoSDPipeline": ("t2v", dict(prompt="a", num_frames=2, height=16, width=16, num_inference_steps=2)),
+    "VideoToVideoSDPipeline": ("t2v", dict(prompt="a", video=_photos(2), num_inference_steps=2, strength=0.9)),
+    "StableVideoDiffusionPipeline": ("svd", dict(image=_photos(1)[0], num_frames=3, height=16, width=16, num_inference_steps=2)),
+    "I2VGenXLPipeline": ("i2vgen", dict(prompt="a", image=_photos(1, 32, 32)[0], num_frames=2, height=16, width=16, num_inference_steps=2)),
+    "AnimateDiffPipeline": ("animatediff", dict(prompt="a", num_frames=2, height=16, width=16, num_inference_steps=2)),
+    "AnimateDiffVideoToVideoPipeline": ("animatediff", dict(prompt="a", video=_photos(2), num_inference_steps=2)),
+    "StableDiffusionPipeline": ("sd", dict(prompt="a", height=16, width=16, num_inference_steps=2)),
+    "StableDiffusionInstructPix2PixPipeline": ("p2p", dict(prompt="a", image=_photos(1)[0], num_inference_steps=2)),
+    "StableDiffusionControlNetPipeline": ("cn", dict(prompt="a", image=_photos(1)[0], num_inference_steps=2)),
+    "TextToVideoZeroPipeline": ("sd", dict(prompt="a", video_length=2, height=16, width=16, num_inference_steps=3, t0=0, t1=1)),
+    "TextToVideoZeroControlNetPipeline": ("cn", dict(prompt="a", control_frames=_photos(2), num_inference_steps=2)),
+    "TextToVideoZeroPix2PixPipeline": ("p2p", dict(prompt="a", video=_photos(2), num_inference_steps=2)),
+}
+
+
+def test_every_pipeline_class_is_covered():
+    exported = {n for n, m in vidiff._EXPORTS.items() if m.startswith("pipelines") and n.endswith("Pipeline") and n != "DiffusionPipeline"}
+    assert exported == set(CASES), f"add the new pipeline(s) to CASES: {sorted(exported ^ set(CASES))}"
+
+
+def _load(folders, name: str):
+    folder = folders[CASES[name][0]]
+    if isinstance(folder, tuple):  # AnimateDiff: SD folder + motion adapter
+        pipe = getattr(vidiff, name).from_pretrained(folder[0], motion_adapter=vidiff.MotionAdapter.from_pretrained(folder[1]))
+    else:
+        pipe = getattr(vidiff, name).from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe, name: str, **extra):
+    torch.manual_seed(0)  # I2VGenXL (as the reference) draws some noise from the global generator
+    out = pipe(**{**CASES[name][1], **extra}, generator=_gen(0), output_type="np")
+    return np.asarray(out.frames if hasattr(out, "frames") else out.images)
+
+
+# ---------------------------------------------------------------------------------------------- offload
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_offload_hooks_install_in_order_and_leave_outputs_unchanged(folders, name, monkeypatch):
+    monkeypatch.setattr(offload, "accelerator_device", lambda *a, **k: torch.device("cpu"))  # the CPU plays the GPU
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module) and n not in pipe._exclude_from_cpu_offload}
+
+    pipe.enable_model_cpu_offload()
+    hooks = pipe._offload_hooks
+    order = [next(n for n, m in modules.items() if m is h.module) for h in hooks]
+    seq = [s for s in pipe.model_cpu_offload_seq.split("->") if s in modules]
+    assert order[: len(seq)] == seq and sorted(order) == sorted(modules)
+    assert all(h.previous is p for h, p in zip(hooks[1:], hooks[:-1]))  # each hook sends the previous component home
+    onloaded: list[str] = []
+    real_call = offload.ModelOffloadHook.__call__
+
+    def record(self, module, args):
+        onloaded.append(next(n for n, m in modules.items() if m is module))
+        return real_call(self, module, args)
+
+    monkeypatch.setattr(offload.ModelOffloadHook, "__call__", record)
+    assert np.array_equal(_run(pipe, name), base)
+    assert {"unet", "vae"} <= set(onloaded) and set(onloaded) <= set(modules)
+    assert onloaded.index("unet") < len(onloaded) - 1 - onloaded[::-1].index("vae")  # the VAE decodes after the UNet
+    monkeypatch.setattr(offload.ModelOffloadHook, "__call__", real_call)
+
+    pipe.enable_sequential_cpu_offload()
+    leaves = [leaf for m in modules.values() for leaf in m.modules()
+              if next(leaf.children(), None) is None and any(True for _ in leaf.parameters(recurse=False))]
+    assert len(pipe._offload_hooks) == 2 * len(leaves)
+    moved: list[int] = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: (moved.append(id(self)), real_to(self, *a, **k))[1])
+    assert np.array_equal(_run(pipe, name), base)
+    monkeypatch.setattr(torch.nn.Module, "to", real_to)
+    assert moved.count(id(pipe.unet.conv_in)) >= 2 and moved.count(id(pipe.unet.conv_in)) % 2 == 0  # on, off per step
+    pipe.remove_all_hooks()
+    assert pipe._execution_device == torch.device("cpu") and not pipe._offload_hooks
+
+
+# ---------------------------------------------------------------------------------------------- chunking
+def _close(a, b) -> None:
+    assert a.shape == b.shape and np.abs(a - b).max() <= CHUNK_TOL, np.abs(a - b).max()
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline"])
+def test_forward_chunking_and_attention_slicing_give_the_same_frames(folders, name):
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    for dim, size in ((0, 1), (1, 1)):
+        pipe.enable_forward_chunking(chunk_size=size, dim=dim)
+        _close(_run(pipe, name), base)
+    pipe.disable_forward_chunking()
+    pipe.enable_attention_slicing(1)
+    _close(_run(pipe, name), base)
+    pipe.disable_attention_slicing()
+    assert np.array_equal(_run(pipe, name), base)
+
+
+def test_bad_forward_chunking_is_refused(folders):
+    pipe = _load(folders, "TextToVideoSDPipeline")
+    with pytest.raises(ValueError, match="dim"):
+        pipe.enable_forward_chunking(chunk_size=1, dim=2)
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline"])
+def test_vae_slicing_tiling_and_decode_chunks_give_the_same_frames(folders, name):
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    pipe.enable_vae_slicing()
+    _close(_run(pipe, name), base)
+    pipe.disable_vae_slicing()
+    if not isinstance(pipe.vae, vidiff.AutoencoderKLTemporalDecoder):  # SVD's decoder mixes the frames of a chunk
+        _close(_run(pipe, name, decode_chunk_size=1), base)
+    if isinstance(pipe.vae, vidiff.AutoencoderKL):
+        # tiles as large as the whole latent: the tiled path runs and must give the untiled frames
+        pipe.vae.enable_tiling(tile_sample_min_size=16, tile_latent_min_size=8)
+        _close(_run(pipe, name), base)
+        pipe.vae.disable_tiling()
+
+
+# ---------------------------------------------------------------------------------------------- compile
+def _compiled_steps(pipe, name: str, steps: int) -> tuple[np.ndarray, dict]:
+    """Compile the UNet with fullgraph=True (a graph break is an error), run ``steps`` denoising steps with a
+    recompile limit of 1 (a recompilation is an error); return the frames and dynamo's counters."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    pipe.unet = torch.compile(pipe.unet, fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        frames = _run(pipe, name, num_inference_steps=steps)
+    return frames, {k: dict(v) for k, v in counters.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline"])
+def test_compiled_unet_has_no_graph_break_and_no_recompile(folders, name):
+    pipe = _load(folders, name)
+    base = _run(pipe, name, num_inference_steps=3)
+    frames, stats = _compiled_steps(pipe, name, 3)
+    assert stats["stats"].get("unique_graphs", 0) == 1, stats  # one graph for every step: no recompilation
+    assert not stats.get("graph_break"), stats["graph_break"]
+    assert np.abs(frames - base).max() < 1e-4
