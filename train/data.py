@@ -129,22 +129,22 @@ def combos(split: str) -> tuple[tuple[str, str, str], ...]:
 
 
 def _geometry(rng: np.random.Generator, shape: str, motion: str, margin: float = 0.03) -> tuple[float, ...]:
-    """(x0, y0, x1, y1, r0, r1) keeping the shape inside the frame on every frame."""
+    """(x0, y0, x1, y1, r0, r1): a moving shape crosses the frame from near one edge to near the other (a strong,
+    learnable motion signal); a growing/shrinking one stays near the centre. The shape stays inside every frame."""
     if motion in DIRECTIONS:
         r = rng.uniform(0.12, 0.17)
-        r0 = r1 = r
-        dist = rng.uniform(0.32, 0.45)
         lo, hi = _EXTENT[shape] * r + margin, 1 - _EXTENT[shape] * r - margin
-        ux, uy = _STEP[motion]
-        along = rng.uniform(lo, hi - dist)  # start coordinate along the motion (for +1 directions)
+        start, end = lo + rng.uniform(0.0, 0.06), hi - rng.uniform(0.0, 0.06)  # along the motion, for +1 directions
         across = rng.uniform(lo, hi)
-        start = along if (ux + uy) > 0 else 1 - along
-        x0, y0 = (start, across) if ux else (across, start)
-        return x0, y0, x0 + ux * dist, y0 + uy * dist, r0, r1
+        ux, uy = _STEP[motion]
+        if ux + uy < 0:
+            start, end = 1 - start, 1 - end
+        if ux:
+            return start, across, end, across, r, r
+        return across, start, across, end, r, r
     small, big = rng.uniform(0.06, 0.08), rng.uniform(0.19, 0.23)
     r0, r1 = (small, big) if motion == "growing" else (big, small)
-    lo, hi = _EXTENT[shape] * big + margin, 1 - _EXTENT[shape] * big - margin
-    x, y = rng.uniform(lo, hi), rng.uniform(lo, hi)
+    x, y = 0.5 + rng.uniform(-0.08, 0.08, size=2)
     return x, y, x, y, r0, r1
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     ema_decay: float = 0.998
     uncond_prob: float = 0.1
     min_snr_gamma: float = 5.0
+    t_power: float = 1.0  # timestep sampling: T * u ** t_power (below 1: more high-noise steps)
     log_every: int = 25
     save_every: int = 0  # also write the EMA pipeline to WORK/checkpoint-STEP every this many steps (0: never)
 
@@ -253,10 +254,13 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
 
 
-def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, gen: torch.Generator) -> torch.Tensor:
-    """v-prediction loss (x0 weight min(snr + 1, gamma)) on a batch of scaled latents (b c f h w)."""
+def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, gen: torch.Generator, t_power: float = 1.0) -> torch.Tensor:
+    """v-prediction loss (x0 weight min(snr + 1, gamma)) on a batch of scaled latents (b c f h w).
+
+    Timesteps are T * u ** t_power for uniform u: 1 is uniform, below 1 favours high noise."""
     b = latents.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+    n = scheduler.config.num_train_timesteps
+    t = (torch.rand(b, generator=gen).pow(t_power) * n).long().clamp(max=n - 1)
     noise = torch.randn(latents.shape, generator=gen)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t)
@@ -286,7 +290,7 @@ def train_denoiser(cfg: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, e
         batch_ids = ids[idx].clone()
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.uncond_prob
         batch_ids[drop] = empty_ids
-        loss = diffusion_loss(unet, text_encoder, scheduler, latents[idx], batch_ids, cfg.min_snr_gamma, gen)
+        loss = diffusion_loss(unet, text_encoder, scheduler, latents[idx], batch_ids, cfg.min_snr_gamma, gen, cfg.t_power)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
