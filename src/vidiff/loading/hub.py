@@ -10,7 +10,6 @@ Hub keyword arguments shared by every function here: ``revision``, ``cache_dir``
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -329,9 +328,3 @@ def pipeline_download_patterns(
     """
     files = list_repo_files_cached(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     return pipeline_allow_patterns(model_index, files, variant, use_safetensors, allow_pickle, skip=skip)
-
-
-def filter_files(files: Iterable[str], allow_patterns: Iterable[str]) -> list[str]:
-    """The files matching any of ``allow_patterns`` (fnmatch, as huggingface_hub applies them)."""
-    patterns = list(allow_patterns)
-    return [f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns)]

@@ -80,10 +80,6 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
-def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Variance-exploding sigmas sqrt((1 - a) / a), in training-timestep order."""
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
