@@ -35,14 +35,19 @@ SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEn
 SVD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2,
                latent_channels=4)
 
+# mid size: a denoising step of about a second on 2 cores; the same widths for every pipeline's model
+MID_VAE = dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+               layers_per_block=1, latent_channels=4, norm_num_groups=32)
+MID_UNET = dict(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2, attention_head_dim=32, norm_num_groups=32,
+                cross_attention_dim=256)
+MID_UNET3D = dict(MID_UNET, down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
+                  up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2)
+MID_UNET2D = dict(MID_UNET, down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2)
+MID_CALL = dict(num_frames=4, height=64, width=64, num_inference_steps=4)
+
 CASES: dict[str, dict] = {
-    "t2v-mid": dict(kind="t2v", full=False, text_dim=256,
-                    unet=dict(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2, attention_head_dim=32, norm_num_groups=32,
-                              cross_attention_dim=256, down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
-                              up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2),
-                    vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-                             up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=32),
-                    call=dict(num_frames=4, height=64, width=64, num_inference_steps=4)),
+    "t2v-mid": dict(kind="t2v", full=False, text_dim=256, unet=MID_UNET3D, vae=MID_VAE, call=MID_CALL),
     "svd-mid": dict(kind="svd", full=False, text_dim=256, randomize=None,
                     unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4),
                               cross_attention_dim=256, addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
@@ -50,7 +55,13 @@ CASES: dict[str, dict] = {
                               up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2),
                     vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
                              latent_channels=4),
-                    call=dict(num_frames=4, height=64, width=64, num_inference_steps=4, decode_chunk_size=2)),
+                    call=dict(MID_CALL, decode_chunk_size=2)),
+    "i2vgen-mid": dict(kind="i2vgen", full=False, text_dim=256, unet=MID_UNET3D, vae=MID_VAE, call=MID_CALL),
+    "animatediff-mid": dict(kind="animatediff", full=False, text_dim=256, unet=MID_UNET2D, vae=MID_VAE, call=MID_CALL,
+                            adapter=dict(block_out_channels=(64, 128, 128), motion_layers_per_block=2, motion_norm_num_groups=32,
+                                         motion_num_attention_heads=4, motion_max_seq_length=32)),
+    "t2v-zero-mid": dict(kind="t2v-zero", full=False, text_dim=256, unet=MID_UNET2D, vae=MID_VAE,
+                         call=dict(video_length=4, height=64, width=64, num_inference_steps=6, t0=2, t1=4)),
     "t2v-full": dict(kind="t2v", full=True, text_dim=1024, unet=T2V_FULL_UNET, vae=SD_VAE,
                      call=dict(num_frames=4, height=128, width=128, num_inference_steps=2)),
     "svd-full": dict(kind="svd", full=True, text_dim=1024, unet=SVD_FULL_UNET, vae=SVD_VAE, randomize=None,
@@ -58,12 +69,16 @@ CASES: dict[str, dict] = {
 }
 
 
+PIPELINES = {"t2v": "TextToVideoSDPipeline", "svd": "StableVideoDiffusionPipeline", "i2vgen": "I2VGenXLPipeline",
+             "animatediff": "AnimateDiffPipeline", "t2v-zero": "TextToVideoZeroPipeline"}
+
+
 def build(case: str, folder: Path) -> None:
     """Random-weight diffusers folder for ``case`` (made with the reference)."""
     import torch
-    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DDIMScheduler, EulerDiscreteScheduler,
-                           StableVideoDiffusionPipeline, TextToVideoSDPipeline, UNet3DConditionModel,
-                           UNetSpatioTemporalConditionModel)
+    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, DDIMScheduler, EulerDiscreteScheduler, I2VGenXLPipeline,
+                           I2VGenXLUNet, MotionAdapter, StableDiffusionPipeline, StableVideoDiffusionPipeline, TextToVideoSDPipeline,
+                           UNet2DConditionModel, UNet3DConditionModel, UNetSpatioTemporalConditionModel)
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import SVD_SCHEDULER, clip_image_processor, clip_tokenizer, randomize
@@ -72,18 +87,30 @@ def build(case: str, folder: Path) -> None:
     spec = CASES[case]
     torch.manual_seed(0)
     dim = spec["text_dim"]
-    if spec["kind"] == "t2v":
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=dim, intermediate_size=4 * dim, num_attention_heads=dim // 64,
-                                            num_hidden_layers=2, vocab_size=600, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                            projection_dim=dim, max_position_embeddings=77)).eval()
-        pipe = TextToVideoSDPipeline(vae=AutoencoderKL(**spec["vae"]), text_encoder=text, tokenizer=clip_tokenizer(folder.parent / f"{case}-tok"),
-                                     unet=UNet3DConditionModel(**spec["unet"]),
-                                     scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                                             clip_sample=False, set_alpha_to_one=False))
+    kind = spec["kind"]
+    ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=dim, intermediate_size=4 * dim, num_attention_heads=dim // 64,
+                                        num_hidden_layers=2, vocab_size=600, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                        projection_dim=dim, max_position_embeddings=77)).eval()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=64, projection_dim=dim, num_hidden_layers=2,
+                                                            num_attention_heads=4, image_size=224, intermediate_size=128,
+                                                            patch_size=56)).eval()
+    tokenizer = clip_tokenizer(folder.parent / f"{case}-tok")
+    tmp = folder.with_name(folder.name + ".partial")
+    if kind == "t2v":
+        pipe = TextToVideoSDPipeline(vae=AutoencoderKL(**spec["vae"]), text_encoder=text, tokenizer=tokenizer,
+                                     unet=UNet3DConditionModel(**spec["unet"]), scheduler=ddim)
+    elif kind == "i2vgen":
+        pipe = I2VGenXLPipeline(vae=AutoencoderKL(**spec["vae"]), text_encoder=text, tokenizer=tokenizer, image_encoder=vision,
+                                feature_extractor=clip_image_processor(224), unet=I2VGenXLUNet(**spec["unet"]), scheduler=ddim)
+    elif kind in ("animatediff", "t2v-zero"):  # an SD 1.5-layout folder (+ a motion adapter beside it)
+        pipe = StableDiffusionPipeline(vae=AutoencoderKL(**spec["vae"]), text_encoder=text, tokenizer=tokenizer,
+                                       unet=UNet2DConditionModel(**spec["unet"]), scheduler=ddim, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        if kind == "animatediff":
+            MotionAdapter(**spec["adapter"]).save_pretrained(tmp / "adapter")
+            tmp = tmp / "sd"
     else:
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=64, projection_dim=dim, num_hidden_layers=2,
-                                                                num_attention_heads=4, image_size=224, intermediate_size=128,
-                                                                patch_size=56)).eval()
         # randomize: N(0, scale) for every weight (else the reference's default initialisation)
         scale = spec.get("randomize", 0.02)
         init = (lambda m, seed: randomize(m, seed, scale)) if scale else (lambda m, seed: m.eval())
@@ -91,9 +118,8 @@ def build(case: str, folder: Path) -> None:
                                             unet=init(UNetSpatioTemporalConditionModel(**spec["unet"]), 0),
                                             scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER),
                                             feature_extractor=clip_image_processor(224))
-    tmp = folder.with_name(folder.name + ".partial")
     pipe.save_pretrained(tmp, safe_serialization=True)
-    tmp.rename(folder)
+    folder.with_name(folder.name + ".partial").rename(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------- worker
@@ -126,15 +152,23 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
         import vidiff as lib_mod
     else:
         import diffusers as lib_mod
-    cls = getattr(lib_mod, "TextToVideoSDPipeline" if spec["kind"] == "t2v" else "StableVideoDiffusionPipeline")
+    kind = spec["kind"]
+    cls = getattr(lib_mod, PIPELINES[kind])
     # the reference imports transformers' CLIP with its pipeline module, vidiff on first use: import it here in both
     # so that load_s is from_pretrained alone; import_s is the import cost (cold start = import_s + load_s)
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pipe = cls.from_pretrained(folder)
+    if kind == "animatediff":
+        pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter"))
+    else:
+        pipe = cls.from_pretrained(folder)
     load_s = time.perf_counter() - t0
+    if kind == "i2vgen" and lib == "diffusers":  # its encode_prompt reads text_model, gone in transformers 5 (tests/test_i2vgen_xl.py)
+        import types
+
+        pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
     rss_after_load = _peak_rss_mb()
     pipe.set_progress_bar_config(disable=True)
 
@@ -151,15 +185,17 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
     pipe.unet.register_forward_hook(post, with_kwargs=True)
     call = dict(spec["call"], generator=torch.Generator().manual_seed(0), output_type="np")
-    if spec["kind"] == "t2v":
+    if kind != "svd":
         call["prompt"] = "a red panda eating bamboo"
-    else:
+    if kind in ("svd", "i2vgen"):
         rgb = np.random.default_rng(0).integers(0, 256, (call["height"], call["width"], 3), dtype=np.uint8)
         call["image"] = Image.fromarray(rgb)
+    torch.manual_seed(0)  # I2VGen-XL draws some noise from the global generator (both libraries)
     profile_to = os.environ.get("BENCH_PROFILE")  # a file: torch.profiler table of the whole call (timings then skewed)
     t0 = time.perf_counter()
     with torch.inference_mode(), (torch.profiler.profile() if profile_to else contextlib.nullcontext()) as prof:
-        frames = pipe(**call).frames
+        out = pipe(**call)
+        frames = out.frames if hasattr(out, "frames") else out.images
     e2e_s = time.perf_counter() - t0
     if profile_to:
         Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=40))

@@ -112,6 +112,13 @@ def test_shipped_folder_is_diffusers_layout_under_20_mb():
     assert (MODEL / "tokenizer" / "vocab.json").is_file() and (MODEL / "tokenizer" / "merges.txt").is_file()
     size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
     assert size <= 20 * 2**20, f"{size / 2**20:.1f} MiB"
+    # provenance: the whole training config, which the CLI reads its default clip length from
+    import dataclasses
+
+    from train.train import TrainConfig
+
+    trained = json.loads((MODEL / "train_config.json").read_text())
+    assert set(trained) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +162,32 @@ def test_shipped_tokenizer_knows_every_caption_word(ours):
     vocab = json.loads((MODEL / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     for word in data.vocabulary():
         assert ours.tokenizer(word).input_ids[1:-1] == [vocab[word + "</w>"]], word
+
+
+# ------------------------------------------------------------------------------------------------ the main job
+@needs_model
+def test_main_job_without_model_writes_a_prompt_following_mp4_offline(tmp_path, monkeypatch):
+    """The README's main-job command: no --model, no network, an mp4 of a red circle moving right, quickly."""
+    import time
+
+    from vidiff.cli import default_model_frames, main
+    from vidiff.media import load_video
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "circle.mp4"
+    start = time.perf_counter()
+    assert main(["generate", "--prompt", "a red circle moving right", "--output", str(out), "--quiet"]) == 0
+    assert time.perf_counter() - start < 30
+    frames = np.stack([np.asarray(f, dtype=np.float32) / 255 for f in load_video(str(out))])
+    assert frames.shape[0] == default_model_frames() == 8
+    got = evaluate.detect(frames)
+    assert (got["colour"], got["motion"]) == ("red", "right"), got
+
+
+def test_main_job_without_a_built_in_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from vidiff import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", tmp_path / "missing")
+    assert cli.main(["generate", "--prompt", "a red circle moving right", "-o", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "no built-in model" in err and "--model" in err

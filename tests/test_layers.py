@@ -304,3 +304,53 @@ def test_resampler_channel_errors():
         Upsample2D(8)(torch.randn(1, 4, 4, 4))
     with pytest.raises(ValueError, match="keeps the channels"):
         Downsample2D(8, use_conv=False, out_channels=4)
+
+
+# ---------------------------------------------------------------------------------------------------- shared context
+def test_shared_context_equals_the_repeated_context():
+    """One context per video (b n d) for hidden states with frames folded into the batch ((b r) n c): the default
+    processor attends as if the context were repeated r times; processors without ``shares_context`` (and any call
+    with a mask) get it repeated; a batch that does not divide is refused."""
+    from vidiff.layers.attention import context_repeats
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8).eval()
+    x, ctx = torch.randn(6, 5, 16), torch.randn(2, 7, 12)  # 2 videos x 3 frames, 7 context tokens each
+    repeated = ctx.repeat_interleave(3, dim=0)
+    with torch.no_grad():
+        want = attn(x, encoder_hidden_states=repeated)
+        assert _maxdiff(attn(x, encoder_hidden_states=ctx), want) < 1e-6
+        mask = torch.zeros(6, 1, 7)
+        mask[:, :, -2:] = -10000.0
+        assert _maxdiff(attn(x, encoder_hidden_states=ctx, attention_mask=mask), attn(x, encoder_hidden_states=repeated, attention_mask=mask)) < 1e-6
+
+    seen = []
+
+    class Spy(AttnProcessor):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+            seen.append(encoder_hidden_states.shape)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+    attn.set_processor(Spy())
+    with torch.no_grad():
+        assert _maxdiff(attn(x, encoder_hidden_states=ctx), want) < 1e-5
+    assert seen == [torch.Size([6, 7, 12])]
+    assert context_repeats(x, ctx) == 3 and context_repeats(x, repeated) == 1
+    with pytest.raises(ValueError, match="does not divide"):
+        attn(x, encoder_hidden_states=torch.randn(4, 7, 12))
+
+
+# ---------------------------------------------------------------------------------------------------- FrameConv
+@pytest.mark.parametrize("kernel,shape", [(3, (2, 8, 5, 3, 4)), (1, (1, 8, 3, 2, 2)), (3, (1, 8, 1, 4, 4))])
+def test_frame_conv_equals_conv3d(kernel, shape):
+    """FrameConv (the temporal convolutions, run as 2-D convolutions) gives Conv3d's output with Conv3d's keys."""
+    from vidiff.layers.temporal import FrameConv
+
+    torch.manual_seed(0)
+    ref = nn.Conv3d(8, 6, (kernel, 1, 1), padding=(kernel // 2, 0, 0))
+    ours = FrameConv(8, 6, kernel_size=kernel)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert _maxdiff(ours(x), ref(x)) < 1e-5
+        assert _maxdiff(ours(x.transpose(3, 4)), ref(x.transpose(3, 4))) < 1e-5  # non-contiguous input

@@ -180,7 +180,8 @@ def _compiled_steps(pipe, name: str, steps: int) -> tuple[np.ndarray, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline"])
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline",
+                                  "StableDiffusionPipeline"])  # every UNet class: 3-D, spatio-temporal, I2VGen-XL, motion, 2-D
 def test_compiled_unet_has_no_graph_break_and_no_recompile(folders, name):
     pipe = _load(folders, name)
     base = _run(pipe, name, num_inference_steps=3)
@@ -188,3 +189,69 @@ def test_compiled_unet_has_no_graph_break_and_no_recompile(folders, name):
     assert stats["stats"].get("unique_graphs", 0) == 1, stats  # one graph for every step: no recompilation
     assert not stats.get("graph_break"), stats["graph_break"]
     assert np.abs(frames - base).max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def _load_as(folders, name: str, dtype: torch.dtype):
+    folder = folders[CASES[name][0]]
+    if isinstance(folder, tuple):
+        adapter = vidiff.MotionAdapter.from_pretrained(folder[1], torch_dtype=dtype)
+        pipe = getattr(vidiff, name).from_pretrained(folder[0], motion_adapter=adapter, torch_dtype=dtype)
+    else:
+        pipe = getattr(vidiff, name).from_pretrained(folder, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
+def test_half_precision_runs_stay_close_to_float32(folders, name, dtype):
+    """Every video pipeline runs in bfloat16 and float16 on the CPU: weights in that dtype, finite frames, close to
+    the float32 frames (half precision keeps 3-4 significant digits; the tiny random models amplify it a little)."""
+    want = _run(_load(folders, name), name)
+    pipe = _load_as(folders, name, dtype)
+    assert pipe.unet.conv_in.weight.dtype == dtype
+    got = _run(pipe, name)
+    assert np.isfinite(got).all() and got.shape == want.shape
+    assert np.abs(got - want).max() < 0.05, np.abs(got - want).max()
+
+
+def test_float16_vae_with_force_upcast_encodes_in_float32(folders):
+    """SVD: a float16 VAE whose config sets force_upcast encodes the conditioning image in float32 and decodes the
+    frames in float16, as the reference does (it casts the VAE back before decoding), then stays float16."""
+    pipe = _load_as(folders, "StableVideoDiffusionPipeline", torch.float16)
+    pipe.vae.register_config(pipe.vae.config.replace(force_upcast=True), {})
+    seen: dict[str, list[torch.dtype]] = {"encoder": [], "decoder": []}
+    hooks = [getattr(pipe.vae, name).register_forward_pre_hook(lambda mod, args, name=name: seen[name].append(args[0].dtype))
+             for name in seen]
+    frames = _run(pipe, "StableVideoDiffusionPipeline")
+    for h in hooks:
+        h.remove()
+    assert set(seen["encoder"]) == {torch.float32} and set(seen["decoder"]) == {torch.float16}, seen
+    assert pipe.vae.dtype == torch.float16 and np.isfinite(frames).all()
+    pipe.vae.register_config(pipe.vae.config.replace(force_upcast=False), {})
+    seen["encoder"].clear()
+    hooks = [pipe.vae.encoder.register_forward_pre_hook(lambda mod, args: seen["encoder"].append(args[0].dtype))]
+    _run(pipe, "StableVideoDiffusionPipeline")
+    hooks[0].remove()
+    assert set(seen["encoder"]) == {torch.float16}, seen
+
+
+# ---------------------------------------------------------------------------------------------- memory layout
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
+def test_channels_last_keeps_its_layout_and_the_frames(folders, name):
+    """runtime.layout.channels_last on the UNet and the VAE: the same frames, and the UNet's last convolution still sees
+    channels-last activations (every reshape on the way kept the layout)."""
+    from vidiff.runtime.layout import channels_last, is_channels_last
+
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    channels_last(pipe.unet)
+    channels_last(pipe.vae)
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    seen: list[bool] = []
+    hook = pipe.unet.conv_out.register_forward_pre_hook(lambda mod, args: seen.append(is_channels_last(args[0])))
+    frames = _run(pipe, name)
+    hook.remove()
+    assert seen and all(seen), seen
+    _close(frames, base)

@@ -17,6 +17,9 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 SVD = "StableVideoDiffusionPipeline"
 I2VGEN = "I2VGenXLPipeline"
 SVD_DEFAULT_FPS, DEFAULT_FPS, I2VGEN_DEFAULT_FPS = 7, 8, 16
+# the model shipped inside the package (train/train.py made it): `vidiff generate` uses it when --model is not given,
+# with the clip length it was trained on (its train_config.json) unless --frames says otherwise
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
 
 
 class CliError(Exception):
@@ -33,8 +36,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
-    p.add_argument("--model", required=True, help="checkpoint: a diffusers-format folder or a hub id")
+def _common(p: argparse.ArgumentParser, prompt_required: bool = True, default_model: bool = False) -> None:
+    if default_model:
+        p.add_argument("--model", default=None, help="checkpoint: a diffusers-format folder or a hub id (default: vidiff's "
+                       "built-in 32x32 shapes model, which needs no download)")
+    else:
+        p.add_argument("--model", required=True, help="checkpoint: a diffusers-format folder or a hub id")
     p.add_argument("--prompt", required=prompt_required, default=None,
                    help="what the video should show" + ("" if prompt_required else " (text-to-video models)"))
     p.add_argument("--negative-prompt", default=None, help="what the video should avoid")
@@ -56,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidiff", description="Make short videos with diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="text -> video, or image -> video (--image, Stable Video Diffusion)")
-    _common(gen, prompt_required=False)
-    gen.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default: the pipeline's)")
+    _common(gen, prompt_required=False, default_model=True)
+    gen.add_argument("--frames", type=_positive_int, default=None,
+                     help="number of frames (default: the pipeline's; for the built-in model the clip length it was trained on)")
     gen.add_argument("--height", type=_positive_int, default=None, help="frame height in pixels, a multiple of 8")
     gen.add_argument("--width", type=_positive_int, default=None, help="frame width in pixels, a multiple of 8")
     svd = gen.add_argument_group("image-to-video (Stable Video Diffusion checkpoints)")
@@ -243,7 +251,27 @@ def _read_video(args: argparse.Namespace):
     return frames
 
 
+def _use_default_model(args: argparse.Namespace) -> None:
+    """No --model: the built-in model, with the clip length it was trained on unless --frames says otherwise."""
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise CliError(f"this vidiff install has no built-in model ({DEFAULT_MODEL} is missing); pass --model with a "
+                       "checkpoint folder or hub id, e.g. --model damo-vilab/text-to-video-ms-1.7b")
+    args.model = str(DEFAULT_MODEL)
+    if args.frames is None:
+        args.frames = default_model_frames()
+
+
+def default_model_frames() -> int:
+    """The clip length the built-in model was trained on (its train_config.json; 16, the pipeline's default, if absent)."""
+    from .configuration import read_json
+
+    config = DEFAULT_MODEL / "train_config.json"
+    return int(read_json(config)["frames"]) if config.is_file() else 16
+
+
 def run(args: argparse.Namespace) -> Path:
+    if args.model is None:
+        _use_default_model(args)
     out = _output_path(args)
     _check_args(args)
     if args.command == "upscale" and not 0.0 <= args.strength <= 1.0:

@@ -157,6 +157,10 @@ class Attention(nn.Module):
                 logger.warning("cross_attention_kwargs %s are not expected by %s and will be ignored.",
                                unused, type(self.processor).__name__)
             cross_attention_kwargs = {k: v for k, v in cross_attention_kwargs.items() if k in accepted}
+        if encoder_hidden_states is not None:
+            repeats = context_repeats(hidden_states, encoder_hidden_states)
+            if repeats > 1 and (attention_mask is not None or not getattr(self.processor, "shares_context", False)):
+                encoder_hidden_states = encoder_hidden_states.repeat_interleave(repeats, dim=0)
         return self.processor(self, hidden_states, encoder_hidden_states=encoder_hidden_states,
                               attention_mask=attention_mask, **cross_attention_kwargs)
 
@@ -247,11 +251,18 @@ def _finish(attn: Attention, hidden_states: torch.Tensor, residual: torch.Tensor
         hidden_states = hidden_states.transpose(-1, -2).reshape(shape4d)
     if attn.residual_connection:
         hidden_states = hidden_states + residual
-    return hidden_states / attn.rescale_output_factor
+    return hidden_states / attn.rescale_output_factor if attn.rescale_output_factor != 1 else hidden_states
 
 
 class AttnProcessor2_0:
-    """Attention through ``torch.nn.functional.scaled_dot_product_attention`` (the default)."""
+    """Attention through ``torch.nn.functional.scaled_dot_product_attention`` (the default).
+
+    Shares context (``shares_context``): given ``encoder_hidden_states`` whose batch is the hidden states' batch
+    divided by ``r`` (one context per video, ``r`` frames each), it projects keys and values once per context and
+    lets the ``r`` consecutive rows that share it attend as one longer query sequence: the same sums as repeating
+    the context ``r`` times, with ``r`` times less key/value work."""
+
+    shares_context = True
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
@@ -259,16 +270,33 @@ class AttnProcessor2_0:
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         hidden_states, shape4d = _flatten_input(attn, hidden_states)
-        b, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
-        if attention_mask is not None:
+        batch, n_q, _ = hidden_states.shape
+        b, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape  # b: batch / r
+        if attention_mask is not None:  # (Attention.forward repeats a shared context when there is a mask)
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, b)
             attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k
         query, key, value = _project_qkv(attn, hidden_states, encoder_hidden_states)
         head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+        query, key, value = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))  # b heads (r n) d
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # b n (heads d)
+        out = out.transpose(1, 2).reshape(batch, n_q, attn.heads * head_dim).to(query.dtype)  # (b r) n (heads d)
         return _finish(attn, out, residual, shape4d)
+
+
+def context_repeats(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> int:
+    """How many consecutive rows of ``hidden_states`` share each row of ``encoder_hidden_states`` (1: one each).
+
+    Video UNets pass one context per video, ``b n d``, for hidden states with frames (or pixels) folded into the
+    batch, ``(b r) ...``: processors with ``shares_context`` use it as it is, the others get it repeated."""
+    rows, contexts = hidden_states.shape[0], encoder_hidden_states.shape[0]
+    if contexts == rows:
+        return 1
+    if contexts == 0 or rows % contexts:
+        raise ValueError(
+            f"attention: encoder_hidden_states has batch {contexts}, which does not divide the hidden states' batch "
+            f"{rows}; pass one context per row, or one per group of consecutive rows (e.g. one per video of folded frames)."
+        )
+    return rows // contexts
 
 
 class AttnProcessor:

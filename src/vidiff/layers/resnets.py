@@ -121,7 +121,8 @@ class ResnetBlock2D(nn.Module):
             if self.training:
                 input_tensor = input_tensor.contiguous()
             input_tensor = self.conv_shortcut(input_tensor)
-        return (input_tensor + hidden_states) / self.output_scale_factor
+        out = input_tensor + hidden_states
+        return out / self.output_scale_factor if self.output_scale_factor != 1 else out
 
 
 def _channel_norm(norm_type: str | None, channels: int, eps, elementwise_affine) -> nn.Module | None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..runtime.layout import tokens_to_map
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
 from .resnets import ResnetBlock2D
-from .temporal import fold_frames, unfold_frames
+from .temporal import FrameConv, fold_frames, unfold_frames
 from .transformers import BasicTransformerBlock, FeedForward, TransformerTemporalModelOutput, chunked_feed_forward
 from .unet_passes import down_channels, down_pass, downsamplers, mid_pass, up_channels, up_pass, upsamplers
 from .vae_blocks import _maybe_checkpoint
@@ -77,11 +78,6 @@ class AlphaBlender(nn.Module):
 # ---------------------------------------------------------------------------------------------- resnets
 
 
-def _frame_conv(in_channels: int, out_channels: int) -> nn.Conv3d:
-    """A 3x1x1 convolution along frames only."""
-    return nn.Conv3d(in_channels, out_channels, kernel_size=(3, 1, 1), stride=1, padding=(1, 0, 0))
-
-
 class TemporalResnetBlock(nn.Module):
     """ResnetBlock2D's twin along the frame axis, on ``b c f h w``; the time embedding (b, f, d) is added per frame."""
 
@@ -90,14 +86,14 @@ class TemporalResnetBlock(nn.Module):
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=eps, affine=True)
-        self.conv1 = _frame_conv(in_channels, out_channels)
+        self.conv1 = FrameConv(in_channels, out_channels)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(num_groups=32, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(0.0)
-        self.conv2 = _frame_conv(out_channels, out_channels)
+        self.conv2 = FrameConv(out_channels, out_channels)
         self.nonlinearity = nn.SiLU()
         self.use_in_shortcut = in_channels != out_channels
-        self.conv_shortcut = nn.Conv3d(in_channels, out_channels, kernel_size=1) if self.use_in_shortcut else None
+        self.conv_shortcut = FrameConv(in_channels, out_channels, kernel_size=1) if self.use_in_shortcut else None
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         hidden_states = self.conv1(self.nonlinearity(self.norm1(input_tensor)))  # b c f h w
@@ -237,7 +233,7 @@ class TransformerSpatioTemporalModel(nn.Module):
         bf, c, h, w = hidden_states.shape
         num_frames = _frames_of(image_only_indicator)
         batch = bf // num_frames
-        time_context = _first_frame_context(encoder_hidden_states, batch, num_frames, h * w)  # (b h w) n d
+        time_context = _first_frame_context(encoder_hidden_states, batch, num_frames)  # b n d, for (b h w) rows
         residual = hidden_states
 
         x = self.norm(hidden_states).permute(0, 2, 3, 1).reshape(bf, h * w, c)  # (b f) (h w) c
@@ -250,16 +246,17 @@ class TransformerSpatioTemporalModel(nn.Module):
             x_mix = temporal_block(x + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context)
             x = self.time_mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
 
-        x = self.proj_out(x).reshape(bf, h, w, c).permute(0, 3, 1, 2).contiguous()  # (b f) c h w
+        x = tokens_to_map(self.proj_out(x), h, w, like=residual)  # (b f) c h w
         out = x + residual
         return TransformerTemporalModelOutput(sample=out) if return_dict else (out,)
 
 
-def _first_frame_context(context: torch.Tensor, batch: int, num_frames: int, num_tokens: int) -> torch.Tensor:
-    """(b f) n d -> (b tokens) n d: every pixel's temporal block attends to its video's first-frame context."""
-    n, d = context.shape[-2:]
-    first = context.reshape(batch, num_frames, -1, d)[:, 0]  # b n d
-    return first[:, None].broadcast_to(batch, num_tokens, n, d).reshape(batch * num_tokens, -1, d)
+def _first_frame_context(context: torch.Tensor, batch: int, num_frames: int) -> torch.Tensor:
+    """(b f) n d (or b n d) -> b n d: every pixel's temporal block attends to its video's first-frame context, shared
+    by the (b tokens) rows of the temporal blocks (see attention.context_repeats)."""
+    if context is None or context.shape[0] == batch:
+        return context
+    return context.reshape(batch, num_frames, *context.shape[1:])[:, 0]  # b n d
 
 
 # ---------------------------------------------------------------------------------------------- UNet blocks

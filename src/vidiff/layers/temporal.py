@@ -7,6 +7,7 @@ them to ``b c f h w``. The two reshapes are named once here.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,12 +22,28 @@ def fold_frames(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 1, 3, 4).reshape((b * f, c) + tuple(x.shape[3:]))
 
 
+class FrameConv(nn.Conv3d):
+    """A ``Conv3d`` whose kernel spans frames only, ``(k, 1, 1)``, on ``b c f h w`` (same parameters and keys).
+
+    It runs as a 2-D convolution over ``b c f (h w)``: the same sums, through the fast 2-D kernel instead of
+    PyTorch's slow 3-D path on the CPU (about 1.5-3x faster; the reference uses plain ``Conv3d``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(in_channels, out_channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        weight = self.weight.view(self.out_channels, c, self.kernel_size[0], 1)
+        out = F.conv2d(x.reshape(b, c, f, h * w), weight, self.bias, padding=(self.padding[0], 0))  # b o f (h w)
+        return out.view(b, self.out_channels, f, h, w)
+
+
 def _norm_act_conv(in_dim: int, out_dim: int, groups: int, dropout: float | None) -> nn.Sequential:
     """GroupNorm -> SiLU [-> Dropout] -> Conv3d over frames only (kernel 3x1x1); indices match the reference keys."""
     layers: list[nn.Module] = [nn.GroupNorm(groups, in_dim), nn.SiLU()]
     if dropout is not None:
         layers.append(nn.Dropout(dropout))
-    layers.append(nn.Conv3d(in_dim, out_dim, (3, 1, 1), padding=(1, 0, 0)))
+    layers.append(FrameConv(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 

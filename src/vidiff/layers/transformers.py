@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import BaseOutput
+from ..runtime.layout import is_channels_last, tokens_to_map
 from .attention import Attention
 from .embeddings import SinusoidalPositionalEmbedding
 
@@ -43,7 +44,10 @@ class GEGLU(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states, gate = self.proj(hidden_states).chunk(2, dim=-1)
-        return hidden_states * F.gelu(gate)
+        if torch.is_grad_enabled() and hidden_states.requires_grad:
+            return hidden_states * F.gelu(gate)
+        # no autograd: in place on the projection's two halves, the same values without two temporaries
+        return hidden_states.mul_(torch.ops.aten.gelu_(gate))
 
 
 class ApproximateGELU(nn.Module):
@@ -384,7 +388,7 @@ class Transformer2DModel(nn.Module):
 
         if self.use_linear_projection:
             x = self.proj_out(x)
-        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # b c h w
+        x = tokens_to_map(x, h, w, like=residual)  # b c h w
         if not self.use_linear_projection:
             x = self.proj_out(x)
         x = x + residual
@@ -459,7 +463,10 @@ class TransformerTemporalModel(nn.Module):
                 cross_attention_kwargs=cross_attention_kwargs, class_labels=class_labels,
             )  # fmt: skip
         x = self.proj_out(x)
-        # contiguous as the reference: with one frame the permute would leave a channels-last view
-        x = x.reshape(b, h, w, num_frames, c).permute(0, 3, 4, 1, 2).contiguous().reshape(bf, c, h, w)  # (b f) c h w
+        x = x.reshape(b, h, w, num_frames, c)
+        if is_channels_last(residual):  # keep the input's layout: (b f) h w c in memory
+            x = x.permute(0, 3, 1, 2, 4).contiguous().reshape(bf, h, w, c).permute(0, 3, 1, 2)
+        else:  # contiguous as the reference: with one frame the permute would leave a channels-last view
+            x = x.permute(0, 3, 4, 1, 2).contiguous().reshape(bf, c, h, w)  # (b f) c h w
         x = x + residual
         return TransformerTemporalModelOutput(sample=x) if return_dict else (x,)

@@ -23,6 +23,7 @@ from torch import nn
 from ..configuration import Config, ConfigError
 from ..layers.attention import Attention, AttentionProcessorMixin
 from ..layers.spatio_temporal import SpatioTemporalResBlock
+from ..layers.temporal import FrameConv
 from ..layers.unet_passes import upsamplers
 from ..layers.vae_blocks import DiagonalGaussianDistribution, Encoder, _maybe_checkpoint
 from .modeling import ModelMixin
@@ -91,7 +92,7 @@ class TemporalDecoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=32, eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
-        self.time_conv_out = nn.Conv3d(out_channels, out_channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+        self.time_conv_out = FrameConv(out_channels, out_channels)
         self.gradient_checkpointing = False
 
     def forward(self, sample: torch.Tensor, image_only_indicator: torch.Tensor, num_frames: int = 1) -> torch.Tensor:

@@ -176,7 +176,7 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
 
         emb = self._embed_time(timestep, timestep_cond, batch, sample.device)  # b d
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
-        context = encoder_hidden_states.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) n d
+        context = encoder_hidden_states  # b n d: one per video, shared by its frames (see attention.context_repeats)
 
         x = self.conv_in(fold_frames(sample))  # (b f) c h w
         x = self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]

@@ -181,8 +181,7 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         fps = timesteps_for_batch(fps, batch, sample.device)
         emb = emb + self.fps_embedding(self.time_proj(fps).to(dtype=emb.dtype))
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
-        context = self._context(encoder_hidden_states, image_latents, image_embeddings)  # b n d
-        context = context.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) n d
+        context = self._context(encoder_hidden_states, image_latents, image_embeddings)  # b n d, shared by the frames
 
         x = torch.cat([sample, self._local_image_features(image_latents)], dim=1)  # b 2c f h w
         x = self.conv_in(fold_frames(x))  # (b f) c h w

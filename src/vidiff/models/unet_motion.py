@@ -272,7 +272,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
                 model = cls(config)
             _require_keys(model, weights)
             model.load_state_dict(weights, strict=False, assign=True)
-        return model.to(device=unet.device, dtype=unet.dtype)
+        return model.to(device=unet.device, dtype=unet.dtype).train(unet.training)  # eval when unet is (loaded: it is)
 
     @classmethod
     def _config_from_unet2d(cls, unet_config, adapter_config) -> dict[str, Any]:
@@ -351,8 +351,9 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         mid_block_additional_residual: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> UNetMotionOutput | tuple[torch.Tensor]:
-        """Denoise ``sample`` (b, c, f, h, w). ``encoder_hidden_states`` is (b*f, n, d) as the AnimateDiff pipeline
-        passes it (one copy per frame); (b, n, d) is repeated per frame here. ControlNet residuals are ``(b f) c h w``."""
+        """Denoise ``sample`` (b, c, f, h, w). ``encoder_hidden_states`` is (b*f, n, d) as the reference's AnimateDiff
+        pipeline passes it (one copy per frame), or (b, n, d), shared by the frames without copies (the attention
+        layers repeat it only where a processor or mask needs that). ControlNet residuals are ``(b f) c h w``."""
         batch, _, num_frames = sample.shape[:3]
         encoder_hidden_states = self._check_inputs(sample, encoder_hidden_states)
         forward_upsample_size = self._needs_upsample_size(sample)
@@ -386,9 +387,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
                 f"frames (the length of its positional embeddings); generate at most {cfg.motion_max_seq_length} frames, "
                 "or use a motion adapter trained for longer clips."
             )
-        if encoder_hidden_states.ndim == 3 and encoder_hidden_states.shape[0] == batch and num_frames > 1:
-            encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch * num_frames:
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] not in (batch, batch * num_frames):
             raise ValueError(
                 f"encoder_hidden_states must be (batch*frames={batch * num_frames}, sequence, dim) (or (batch={batch}, "
                 f"sequence, dim)), got shape {tuple(encoder_hidden_states.shape)}."

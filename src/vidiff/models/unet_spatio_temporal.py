@@ -144,7 +144,7 @@ class UNetSpatioTemporalConditionModel(ModelMixin, AttentionProcessorMixin, Forw
 
         emb = self._embed(timestep, added_time_ids, sample)  # b d
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
-        context = encoder_hidden_states.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) n d
+        context = encoder_hidden_states  # b n d: one per video, shared by its frames (see attention.context_repeats)
 
         x = self.conv_in(sample.flatten(0, 1))  # (b f) c h w
         indicator = torch.zeros(batch, num_frames, dtype=x.dtype, device=x.device)  # b f; 0: a video frame, not an image
