@@ -1,8 +1,8 @@
 """vidiff vs the reference (diffusers), side by side: load time, per-step denoiser time, end-to-end time, peak RSS,
 frame difference and (full-size UNets) FLOPs per step and achieved GFLOP/s.
 
-    /work/venv/bin/python bench/run.py                       # every case, 2 interleaved repeats
-    /work/venv/bin/python bench/run.py --cases t2v-mid,svd-mid --repeats 3
+    python bench/run.py                       # every case, 2 interleaved repeats
+    python bench/run.py --cases t2v-mid,svd-mid --repeats 3
 
 Each case is a diffusers-format folder of random weights, built once with the reference and cached under
 ``--cache`` (default /tmp/vidiff-bench). Every (library, case, repeat) runs in its own subprocess so its peak RSS is
@@ -169,6 +169,11 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
         import types
 
         pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
+    if lib == "vidiff" and os.environ.get("BENCH_CHANNELS_LAST") == "1":  # --channels-last
+        from vidiff.runtime.layout import channels_last
+
+        channels_last(pipe.unet)
+        channels_last(pipe.vae)
     rss_after_load = _peak_rss_mb()
     pipe.set_progress_bar_config(disable=True)
 
@@ -194,8 +199,8 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     profile_to = os.environ.get("BENCH_PROFILE")  # a file: torch.profiler table of the whole call (timings then skewed)
     t0 = time.perf_counter()
     with torch.inference_mode(), (torch.profiler.profile() if profile_to else contextlib.nullcontext()) as prof:
-        out = pipe(**call)
-        frames = out.frames if hasattr(out, "frames") else out.images
+        video = pipe(**call)
+        frames = video.frames if hasattr(video, "frames") else video.images
     e2e_s = time.perf_counter() - t0
     if profile_to:
         Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=40))
@@ -213,8 +218,9 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- parent
-def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int) -> dict:
-    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int, channels_last: bool = False) -> dict:
+    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1",
+               BENCH_CHANNELS_LAST="1" if channels_last else "0")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--cases", case, "--folder", str(folder), "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -265,6 +271,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
     ap.add_argument("--json", type=Path, help="also write every raw figure here")
+    ap.add_argument("--channels-last", action="store_true", help="vidiff runs with vidiff.runtime.layout.channels_last on its UNet and VAE")
     ap.add_argument("--worker", choices=("vidiff", "diffusers"), help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -294,7 +301,7 @@ def main() -> None:
             order = ("vidiff", "diffusers") if rep % 2 == 0 else ("diffusers", "vidiff")
             for lib in order:
                 out = runs / f"{case}-{lib}-{rep}.json"
-                res = _run_worker(lib, case, folder, out, args.threads)
+                res = _run_worker(lib, case, folder, out, args.threads, args.channels_last)
                 res["npy"] = str(out.with_suffix(".npy"))
                 results[case][lib].append(res)
                 print(f"  {case} {lib} #{rep}: load {res['load_s']:.2f}s step {res['step_s']:.3f}s e2e {res['e2e_s']:.2f}s "
@@ -303,7 +310,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print()
-    print(table(results, load_before, load_after, args.threads))
+    print(table(results, load_before, load_after, args.threads) + ("\nvidiff with channels-last UNet and VAE" if args.channels_last else ""))
 
 
 if __name__ == "__main__":

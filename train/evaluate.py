@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="pipeline folder (default: vidiff's shipped default model)")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=9.0)
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default 3, as vidiff generate with the built-in model)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set (quick look)")
     p.add_argument("--threads", type=int, default=None)

@@ -1,7 +1,7 @@
 """Memory layout: channels-last weights and activations for the convolutions (NHWC), applied explicitly.
 
     from vidiff.runtime.layout import channels_last
-    channels_last(pipe.unet)        # or pipe.enable_channels_last() for the UNet and the VAE
+    channels_last(pipe.unet); channels_last(pipe.vae)
 
 PyTorch's own ``module.to(memory_format=torch.channels_last)`` refuses the video UNets (their frame convolutions
 have 5-D weights); :func:`channels_last` stores 4-D weights ``channels_last`` and 5-D ones ``channels_last_3d``, the
