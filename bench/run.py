@@ -162,6 +162,8 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     t0 = time.perf_counter()
     if kind == "animatediff":
         pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter"))
+    elif kind == "t2v-zero" and lib == "diffusers":  # the reference insists on its SD components being named
+        pipe = cls.from_pretrained(folder, safety_checker=None, feature_extractor=None)
     else:
         pipe = cls.from_pretrained(folder)
     load_s = time.perf_counter() - t0

@@ -281,6 +281,21 @@ class _FailingAV:
         self.VideoFrame = VideoFrame
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """The temporary file behind the atomic write is owner-only; the result gets 0666 minus the umask, as open() gives."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        export_to_video(quadrant_frames(frames=2), tmp_path / "clip.mp4")
+        export_to_gif(quadrant_frames(frames=2), str(tmp_path / "clip.gif"))
+    finally:
+        os.umask(old)
+    for name in ("clip.mp4", "clip.gif"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def test_failed_video_write_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "clip.mp4"
     export_to_video(quadrant_frames(frames=2), target)

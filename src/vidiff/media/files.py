@@ -114,6 +114,12 @@ def output_path(path: str | os.PathLike | None, suffix: str, what: str) -> tuple
     return path, False
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, placeholder: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
@@ -127,6 +133,7 @@ def atomic_output(path: Path, placeholder: bool = False) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; the result gets a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         for leftover in (tmp, path) if placeholder else (tmp,):
