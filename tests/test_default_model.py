@@ -191,3 +191,39 @@ def test_main_job_without_a_built_in_model_is_a_clear_error(tmp_path, monkeypatc
     assert cli.main(["generate", "--prompt", "a red circle moving right", "-o", str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err
     assert "no built-in model" in err and "--model" in err
+
+
+def test_built_in_model_defaults_to_guidance_3_and_its_clip_length():
+    import argparse
+
+    from vidiff import cli
+
+    if not (MODEL / "model_index.json").is_file():
+        pytest.skip("no shipped default model yet")
+    args = argparse.Namespace(model=None, frames=None, guidance=None)
+    cli._use_default_model(args)
+    assert (args.model, args.frames, args.guidance) == (str(MODEL), 8, cli.DEFAULT_MODEL_GUIDANCE) and args.guidance == 3.0
+    args = argparse.Namespace(model=None, frames=5, guidance=7.5)
+    cli._use_default_model(args)
+    assert (args.frames, args.guidance) == (5, 7.5)  # what the user asked for wins
+
+
+def test_snr_shift_divides_the_cosine_schedules_snr():
+    from train.train import build_scheduler
+
+    plain, shifted = build_scheduler(14.0), build_scheduler(14.0, snr_shift=4.0)
+    snr = lambda s: s.alphas_cumprod.double() / (1 - s.alphas_cumprod.double())  # noqa: E731
+    t = torch.arange(0, 990)
+    # (alphas_cumprod are float32: 1 - alpha_bar near t=0 carries ~1e-5 relative rounding)
+    torch.testing.assert_close(snr(shifted)[t], snr(plain)[t] / 16, rtol=1e-4, atol=0)
+    assert shifted.config.trained_betas is not None and plain.config.trained_betas is None
+
+
+@needs_model
+def test_shipped_scheduler_is_the_training_schedule():
+    from train.train import build_scheduler
+
+    trained = json.loads((MODEL / "train_config.json").read_text())
+    ours = vidiff.DDIMScheduler.from_pretrained(MODEL, subfolder="scheduler")
+    want = build_scheduler(ours.config.clip_sample_range, trained["snr_shift"])
+    torch.testing.assert_close(ours.alphas_cumprod, want.alphas_cumprod)
