@@ -140,10 +140,51 @@ def _sdpa_cpu_flops():
     return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: count}
 
 
-def worker(lib: str, case: str, folder: Path, out: Path) -> None:
+def load_pipeline(lib_mod, kind: str, folder: Path):
+    """The case's pipeline from its folder, with ``lib_mod`` (vidiff or diffusers)."""
+    cls = getattr(lib_mod, PIPELINES[kind])
+    reference = lib_mod.__name__ == "diffusers"
+    if kind == "animatediff":
+        pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter"))
+    elif kind == "t2v-zero" and reference:  # the reference insists on its SD components being named
+        pipe = cls.from_pretrained(folder, safety_checker=None, feature_extractor=None)
+    else:
+        pipe = cls.from_pretrained(folder)
+    if kind == "i2vgen" and reference:  # its encode_prompt reads text_model, gone in transformers 5 (tests/test_i2vgen_xl.py)
+        import types
+
+        pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
+    return pipe
+
+
+def call_arguments(spec: dict) -> dict:
+    """The pipeline call of a case (seeded generator, numpy output)."""
     import numpy as np
     import torch
     from PIL import Image
+
+    call = dict(spec["call"], generator=torch.Generator().manual_seed(0), output_type="np")
+    if spec["kind"] != "svd":
+        call["prompt"] = "a red panda eating bamboo"
+    if spec["kind"] in ("svd", "i2vgen"):
+        rgb = np.random.default_rng(0).integers(0, 256, (call["height"], call["width"], 3), dtype=np.uint8)
+        call["image"] = Image.fromarray(rgb)
+    return call
+
+
+def case_folder(case: str, cache: Path) -> Path:
+    """The case's random-weight folder under ``cache``, built with the reference on first use."""
+    spec_id = hashlib.sha1(repr(CASES[case]).encode()).hexdigest()[:8]  # a changed case gets a new folder
+    folder = cache / f"{case}-{spec_id}"
+    if not folder.exists():
+        print(f"building {folder} with the reference ...", flush=True)
+        build(case, folder)
+    return folder
+
+
+def worker(lib: str, case: str, folder: Path, out: Path) -> None:
+    import numpy as np
+    import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     spec = CASES[case]
@@ -153,24 +194,14 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     else:
         import diffusers as lib_mod
     kind = spec["kind"]
-    cls = getattr(lib_mod, PIPELINES[kind])
     # the reference imports transformers' CLIP with its pipeline module, vidiff on first use: import it here in both
     # so that load_s is from_pretrained alone; import_s is the import cost (cold start = import_s + load_s)
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if kind == "animatediff":
-        pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter"))
-    elif kind == "t2v-zero" and lib == "diffusers":  # the reference insists on its SD components being named
-        pipe = cls.from_pretrained(folder, safety_checker=None, feature_extractor=None)
-    else:
-        pipe = cls.from_pretrained(folder)
+    pipe = load_pipeline(lib_mod, kind, folder)
     load_s = time.perf_counter() - t0
-    if kind == "i2vgen" and lib == "diffusers":  # its encode_prompt reads text_model, gone in transformers 5 (tests/test_i2vgen_xl.py)
-        import types
-
-        pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
     if lib == "vidiff" and os.environ.get("BENCH_CHANNELS_LAST") == "1":  # --channels-last
         from vidiff.runtime.layout import channels_last
 
@@ -191,12 +222,7 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
 
     pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
     pipe.unet.register_forward_hook(post, with_kwargs=True)
-    call = dict(spec["call"], generator=torch.Generator().manual_seed(0), output_type="np")
-    if kind != "svd":
-        call["prompt"] = "a red panda eating bamboo"
-    if kind in ("svd", "i2vgen"):
-        rgb = np.random.default_rng(0).integers(0, 256, (call["height"], call["width"], 3), dtype=np.uint8)
-        call["image"] = Image.fromarray(rgb)
+    call = call_arguments(spec)
     torch.manual_seed(0)  # I2VGen-XL draws some noise from the global generator (both libraries)
     profile_to = os.environ.get("BENCH_PROFILE")  # a file: torch.profiler table of the whole call (timings then skewed)
     t0 = time.perf_counter()
@@ -205,7 +231,7 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
         frames = video.frames if hasattr(video, "frames") else video.images
     e2e_s = time.perf_counter() - t0
     if profile_to:
-        Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=40))
+        Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("BENCH_PROFILE_ROWS", "40"))))
     np.save(out.with_suffix(".npy"), np.asarray(frames, dtype=np.float32))
     result = dict(lib=lib, case=case, import_s=import_s, load_s=load_s, e2e_s=e2e_s, step_s=statistics.median(steps),
                   steps=list(steps), rss_mb=_peak_rss_mb(), rss_load_mb=rss_after_load)
@@ -292,11 +318,7 @@ def main() -> None:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results: dict[str, dict[str, list[dict]]] = {}
     for case in cases:
-        spec_id = hashlib.sha1(repr(CASES[case]).encode()).hexdigest()[:8]  # a changed case gets a new folder
-        folder = args.cache / f"{case}-{spec_id}"
-        if not folder.exists():
-            print(f"building {folder} with the reference ...", flush=True)
-            build(case, folder)
+        folder = case_folder(case, args.cache)
         _warm_page_cache(folder)
         results[case] = {"vidiff": [], "diffusers": []}
         for rep in range(args.repeats):

@@ -286,6 +286,29 @@ def test_callbacks_replace_latents_and_interrupt(pair):
     assert seen == [0, 1]  # the interrupt also ends the FreeInit passes
 
 
+def test_unet_gets_the_text_once_per_video_unless_a_callback_sees_it(pair):
+    """The reference repeats the text states per frame; vidiff gives the UNet one copy per video (the same frames),
+    except when a callback may change prompt_embeds: then the UNet gets exactly what the callback left."""
+    ref, ours = pair
+    seen = []
+    hook = ours.unet.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        kw = dict(prompt="x", num_frames=3, num_inference_steps=2, output_type="np")
+        assert both(ref, ours, **kw) < TOL
+        assert set(seen) == {2}  # [uncond, cond], not x 3 frames
+        seen.clear()
+
+        def scale(pipe, i, t, kwargs):
+            kwargs["prompt_embeds"].mul_(0.5)  # in place: the UNet must see it
+            return {}
+
+        kw.update(callback_on_step_end=scale, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+        assert both(ref, ours, **kw) < TOL
+        assert set(seen) == {2 * 3}
+    finally:
+        hook.remove()
+
+
 def test_lora_on_matches_reference(pair, tmp_path):
     from test_lora import motion_lora
 

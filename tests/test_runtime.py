@@ -255,3 +255,65 @@ def test_channels_last_keeps_its_layout_and_the_frames(folders, name):
     hook.remove()
     assert seen and all(seen), seen
     _close(frames, base)
+
+
+# ---------------------------------------------------------------------------------------------- convolution kernels
+@pytest.mark.parametrize("shape, kernel, stride, padding, bias", [
+    ((2, 8, 5, 7), (3, 3), 1, 1, True),  # non-square map
+    ((3, 8, 6, 6), (3, 3), 2, 1, True),  # a downsampler
+    ((2, 8, 4, 10), (3, 1), 1, (1, 0), True),  # a frame convolution on b c f (h w)
+    ((2, 8, 4, 4), (1, 1), 1, 0, False),  # a shortcut without bias
+    ((1, 8, 7, 5), (3, 3), 2, 0, False),
+], ids=["3x3", "stride2", "frames", "1x1", "nopad"])
+def test_gemm_convolution_is_conv2d(shape, kernel, stride, padding, bias):
+    """runtime.conv.conv2d_gemm (im2col + one matrix product) gives F.conv2d's output and gradients."""
+    from vidiff.runtime.conv import conv2d_gemm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((6, shape[1]) + kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    want = torch.nn.functional.conv2d(x, w, b, stride, padding)
+    got = conv2d_gemm(x, w, b, stride, padding)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(want.square().sum(), [x, w] + ([b] if bias else []))
+    for a, e in zip(torch.autograd.grad(got.square().sum(), [x, w] + ([b] if bias else [])), grads):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    cl = conv2d_gemm(x.detach().contiguous(memory_format=torch.channels_last), w.detach(), b, stride, padding)
+    assert cl.is_contiguous(memory_format=torch.channels_last)  # a channels-last input keeps its layout
+    torch.testing.assert_close(cl, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
+    from vidiff.runtime.conv import Conv2d, use_gemm
+
+    def case(n, c, o, hw, k=(3, 3), stride=1, pad=1, dtype=torch.float32, device="cpu"):
+        x = torch.empty((n, c) + hw, dtype=dtype, device=device)
+        return use_gemm(x, torch.empty((o, c) + k, dtype=dtype, device=device), stride, pad)
+
+    assert case(8, 1280, 1280, (4, 4)) and case(8, 1280, 1280, (2, 2)) and case(8, 1280, 1280, (8, 8), stride=2)
+    assert case(2, 1280, 1280, (4, 16), k=(3, 1), pad=(1, 0))  # SVD's frame convolution at the inner blocks
+    assert not case(8, 320, 320, (16, 16))  # narrow weight: oneDNN's direct kernel
+    assert not case(8, 1280, 1280, (16, 16))  # big map
+    assert not case(8, 1280, 1280, (4, 4), dtype=torch.bfloat16) and not case(8, 1280, 1280, (4, 4), device="meta")
+    layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(layer(x), torch.nn.Conv2d.forward(layer, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
+def test_gemm_convolutions_everywhere_give_the_same_frames(folders, name, monkeypatch):
+    """With the thresholds lowered so that every convolution of the UNet and the VAE runs as a matrix product, the
+    frames stay those of the direct kernel (the tiny models never reach the real thresholds)."""
+    from vidiff.runtime import conv
+
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    calls = []
+    monkeypatch.setattr(conv, "GEMM_MIN_WEIGHT", 0)
+    monkeypatch.setattr(conv, "GEMM_MAX_POSITIONS", 1 << 30)
+    monkeypatch.setattr(conv, "conv2d_gemm", lambda *a, f=conv.conv2d_gemm: calls.append(1) or f(*a))
+    frames = _run(pipe, name)
+    assert len(calls) > 20, len(calls)
+    _close(frames, base)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.conv import Conv2d
+
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
@@ -74,7 +76,7 @@ class ResnetBlock2D(nn.Module):
         self.skip_time_act = skip_time_act
 
         self.norm1 = nn.GroupNorm(num_groups=groups, num_channels=in_channels, eps=eps, affine=True)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if temb_channels is None:
             self.time_emb_proj = None
         else:
@@ -82,14 +84,14 @@ class ResnetBlock2D(nn.Module):
             self.time_emb_proj = nn.Linear(temb_channels, scale * out_channels)
         self.norm2 = nn.GroupNorm(num_groups=groups_out or groups, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)
         self.nonlinearity = get_activation(non_linearity)
 
         self.upsample = Upsample2D(in_channels, use_conv=False) if up else None
         self.downsample = Downsample2D(in_channels, use_conv=False, padding=1, name="op") if down and not up else None
 
         self.use_in_shortcut = in_channels != conv_2d_out_channels if use_in_shortcut is None else use_in_shortcut
-        self.conv_shortcut = (nn.Conv2d(in_channels, conv_2d_out_channels, kernel_size=1, stride=1, padding=0,
+        self.conv_shortcut = (Conv2d(in_channels, conv_2d_out_channels, kernel_size=1, stride=1, padding=0,
                                         bias=conv_shortcut_bias) if self.use_in_shortcut else None)
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
@@ -149,7 +151,7 @@ class Downsample2D(nn.Module):
         self.name = name
         self.norm = _channel_norm(norm_type, channels, eps, elementwise_affine)
         if use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size, stride=2, padding=padding, bias=bias)
         else:
             if self.out_channels != channels:
                 raise ValueError(f"Downsample2D without a conv keeps the channels; got channels={channels}, "
@@ -189,7 +191,7 @@ class Upsample2D(nn.Module):
             conv = nn.ConvTranspose2d(channels, self.out_channels, kernel_size=kernel_size or 4, stride=2,
                                       padding=padding, bias=bias)
         elif use_conv:
-            conv = nn.Conv2d(channels, self.out_channels, kernel_size=kernel_size or 3, padding=padding, bias=bias)
+            conv = Conv2d(channels, self.out_channels, kernel_size=kernel_size or 3, padding=padding, bias=bias)
         if name == "conv":
             self.conv = conv
         else:

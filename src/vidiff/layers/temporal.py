@@ -7,8 +7,9 @@ them to ``b c f h w``. The two reshapes are named once here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..runtime.conv import conv2d
 
 
 def unfold_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -25,9 +26,9 @@ def fold_frames(x: torch.Tensor) -> torch.Tensor:
 class FrameConv(nn.Conv3d):
     """A ``Conv3d`` whose kernel spans frames only, ``(k, 1, 1)``, on ``b c f h w`` (same parameters and keys).
 
-    It runs as a 2-D convolution over ``b c f (h w)``: the same sums, through the fast 2-D kernel instead of
-    PyTorch's slower 3-D path on the CPU (1.06-1.46x faster at widths 64-1280 on 2 cores, identical output; the
-    reference uses plain ``Conv3d``)."""
+    It runs as a 2-D convolution over ``b c f (h w)`` (:func:`vidiff.runtime.conv.conv2d`): the same sums, through
+    the fast 2-D kernel instead of PyTorch's slower 3-D path on the CPU (1.06-1.46x faster at widths 64-1280 on 2
+    cores, identical output; the reference uses plain ``Conv3d``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__(in_channels, out_channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
@@ -35,7 +36,7 @@ class FrameConv(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = x.shape
         weight = self.weight.view(self.out_channels, c, self.kernel_size[0], 1)
-        out = F.conv2d(x.reshape(b, c, f, h * w), weight, self.bias, padding=(self.padding[0], 0))  # b o f (h w)
+        out = conv2d(x.reshape(b, c, f, h * w), weight, self.bias, padding=(self.padding[0], 0))  # b o f (h w)
         return out.view(b, self.out_channels, f, h, w)
 
 

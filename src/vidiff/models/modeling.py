@@ -128,7 +128,7 @@ class ModelMixin(nn.Module, ConfigMixin):
         meta-device + assign). Other keyword arguments override config.json entries. The model is
         returned in eval mode.
         """
-        from ..loading.checkpoint import load_into_model, resolve_weight_files
+        from ..loading.checkpoint import build_on_meta, load_into_model, resolve_weight_files
 
         torch_dtype = _check_dtype(config_overrides.pop("dtype", None) or torch_dtype)
         _check_device_map(device_map)
@@ -143,8 +143,7 @@ class ModelMixin(nn.Module, ConfigMixin):
             pretrained_model_name_or_path, subfolder, prefix=cls._weights_prefix, variant=variant,
             use_safetensors=use_safetensors, allow_pickle=allow_pickle, **hub_kwargs,
         )
-        with torch.device("meta"):
-            model = cls(config)
+        model = build_on_meta(cls, config)
         source = str(files[0].parent)
         load_into_model(model, files, torch_dtype=torch_dtype, allow_pickle=allow_pickle, source=source)
         object.__setattr__(model.config, "_name_or_path", os.fspath(pretrained_model_name_or_path))

@@ -268,8 +268,9 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
             model = cls(config)
             model.load_state_dict(weights, strict=False)
         else:  # every tensor comes from unet or adapter: build on meta and take copies, no random init
-            with torch.device("meta"):
-                model = cls(config)
+            from ..loading.checkpoint import build_on_meta
+
+            model = build_on_meta(cls, config)
             _require_keys(model, weights)
             model.load_state_dict(weights, strict=False, assign=True)
         return model.to(device=unet.device, dtype=unet.dtype).train(unet.training)  # eval when unet is (loaded: it is)

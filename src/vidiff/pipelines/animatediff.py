@@ -36,6 +36,7 @@ from .base import (
     legacy_callback_kwargs,
 )
 from .common import (
+    PER_VIDEO_TEXT,
     VideoStagesMixin,
     check_decode_chunk_size,
     decode_latents,
@@ -77,12 +78,23 @@ class _AnimateDiffBase(PromptEncoderMixin, VideoStagesMixin, DiffusionPipeline, 
 
     # ----------------------------------------------------------------- stages
     def text_conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_videos_per_prompt,
-                          num_frames, do_cfg, clip_skip, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-frame text states ((2 if cfg) * b * f, n, d) for the UNet, and the negative embeddings."""
+                          num_frames, do_cfg, clip_skip, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Per-frame text states ((2 if cfg) * b * f, n, d), as the reference gives its UNet and its callbacks; the
+        negative embeddings; and the same states once per video ((2 if cfg) * b, n, d), which the UNet takes instead
+        (see ``text_guided_step``): its frames then share one set of cross-attention keys and values."""
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_videos_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip=clip_skip)
         embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
-        return embeds.repeat_interleave(repeats=num_frames, dim=0), negative_prompt_embeds
+        return embeds.repeat_interleave(repeats=num_frames, dim=0), negative_prompt_embeds, embeds
+
+    @staticmethod
+    def loop_state(latents, text, negative_prompt_embeds, video_text, callback_on_step_end, tensor_inputs) -> dict:
+        """The denoising loop's state. The UNet gets the per-video text unless a callback can see (and so change in
+        place) ``prompt_embeds``."""
+        state = {"latents": latents, "prompt_embeds": text, "negative_prompt_embeds": negative_prompt_embeds}
+        if callback_on_step_end is None or "prompt_embeds" not in (tensor_inputs or ()):
+            state[PER_VIDEO_TEXT] = (text, video_text)
+        return state
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 16) -> torch.Tensor:
         return decode_latents(self.vae, latents, decode_chunk_size)
@@ -217,11 +229,11 @@ class AnimateDiffPipeline(_AnimateDiffBase):
 
         device = self._execution_device
         do_cfg = guidance_scale > 1
-        text, negative_prompt_embeds = self.text_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                                              num_videos_per_prompt, num_frames, do_cfg, clip_skip, device)
+        text, negative_prompt_embeds, video_text = self.text_conditioning(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_videos_per_prompt, num_frames, do_cfg, clip_skip, device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
-        state = {"latents": latents, "prompt_embeds": text, "negative_prompt_embeds": negative_prompt_embeds}
+        state = self.loop_state(latents, text, negative_prompt_embeds, video_text, callback_on_step_end, callback_on_step_end_tensor_inputs)
         step = self.make_step(guidance_scale, do_cfg, cross_attention_kwargs, self.scheduler_step_kwargs(generator, eta))
         latents = self.sample(state, self.scheduler.timesteps, num_inference_steps, step, device, generator,
                               self._callbacks(callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps))
@@ -375,9 +387,10 @@ class AnimateDiffVideoToVideoPipeline(_AnimateDiffBase):
                 latents = self.scheduler.add_noise(latents, noise, latent_timestep)
 
         do_cfg = guidance_scale > 1
-        text, negative_prompt_embeds = self.text_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                                              num_videos_per_prompt, latents.shape[2], do_cfg, clip_skip, device)
-        state = {"latents": latents, "prompt_embeds": text, "negative_prompt_embeds": negative_prompt_embeds}
+        text, negative_prompt_embeds, video_text = self.text_conditioning(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_videos_per_prompt, latents.shape[2], do_cfg, clip_skip,
+            device)
+        state = self.loop_state(latents, text, negative_prompt_embeds, video_text, callback_on_step_end, callback_on_step_end_tensor_inputs)
         step = self.make_step(guidance_scale, do_cfg, cross_attention_kwargs, self.scheduler_step_kwargs(generator, eta))
         latents = self.sample(state, ts, num_inference_steps, step, device, generator,
                               self._callbacks(callback_on_step_end, callback_on_step_end_tensor_inputs), strength=strength)

@@ -24,16 +24,27 @@ def prepare_noise_latents(scheduler, shape, dtype, device, generator, latents: t
     return latents * scheduler.init_noise_sigma
 
 
+# state key: (per-frame text states, the same once per video). While state["prompt_embeds"] is still that per-frame
+# tensor (no callback replaced it), the UNet gets the per-video one: the same attention output, without computing
+# the cross-attention keys and values once per frame.
+PER_VIDEO_TEXT = "_per_video_text"
+
+
 def text_guided_step(pipe, guidance_scale: float, do_cfg: bool, cross_attention_kwargs,
                      scheduler_step: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]) -> Callable:
     """The per-step function of the text-to-video loops: UNet on [uncond, cond] latents (b, c, f, h, w) with
-    ``state["prompt_embeds"]``, classifier-free guidance, then ``scheduler_step(noise_pred, t, latents)``."""
+    ``state["prompt_embeds"]`` (or its per-video form, see ``PER_VIDEO_TEXT``), classifier-free guidance, then
+    ``scheduler_step(noise_pred, t, latents)``."""
 
     def step(i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
         latents = state["latents"]
         x = torch.cat([latents] * 2) if do_cfg else latents
         x = pipe.scheduler.scale_model_input(x, t)
-        noise_pred = pipe.unet(x, t, encoder_hidden_states=state["prompt_embeds"],
+        text = state["prompt_embeds"]
+        per_frame, per_video = state.get(PER_VIDEO_TEXT, (None, None))
+        if per_frame is text:
+            text = per_video
+        noise_pred = pipe.unet(x, t, encoder_hidden_states=text,
                                cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
         if do_cfg:
             noise_pred = cfg_combine(noise_pred, guidance_scale)

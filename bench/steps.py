@@ -1,0 +1,133 @@
+"""Denoiser step time, vidiff vs the reference, in one process with the calls alternating.
+
+    python bench/steps.py --cases t2v-full,svd-full --steps 4
+    python bench/steps.py --cases t2v-mid,svd-mid,i2vgen-mid,animatediff-mid,t2v-zero-mid --steps 20
+
+bench/run.py times each library in its own process; on a shared machine whose speed drifts from minute to minute,
+two processes can differ by 25% for the same work. Here both pipelines are loaded side by side (same cached
+folders as bench/run.py), each runs its own pipeline once to capture its UNet's inputs (same seed, so the same
+inputs), then the two UNets are called in turn, vidiff, reference, vidiff, ... (the order flips every pair), so
+both see the same machine. Reported: median step times, the median of the per-pair ratios with its min and max,
+the largest output difference between the two UNets, and FLOPs per step with achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402
+
+
+def unet_inputs(pipe, spec: dict):
+    """(args, kwargs) of the pipeline's first UNet call (the pipeline runs once, 1 step where allowed)."""
+    import torch
+
+    captured = {}
+
+    class _Stop(Exception):
+        pass
+
+    def pre(module, args, kwargs):
+        captured["call"] = (args, kwargs)
+        raise _Stop
+
+    handle = pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    try:
+        with torch.inference_mode():
+            pipe(**bench.call_arguments(spec))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["call"]
+
+
+def _sample(out):
+    return (out[0] if isinstance(out, tuple) else out.sample).float()
+
+
+def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
+    import diffusers
+    import torch
+
+    import vidiff
+
+    spec = bench.CASES[case]
+    folder = bench.case_folder(case, cache)
+    pipes = {lib.__name__: bench.load_pipeline(lib, spec["kind"], folder) for lib in (vidiff, diffusers)}
+    inputs = {name: unet_inputs(pipe, spec) for name, pipe in pipes.items()}
+    times: dict[str, list[float]] = {name: [] for name in pipes}
+    outs = {}
+    with torch.inference_mode():
+        for name, pipe in pipes.items():  # warm-up, and the outputs to compare
+            args, kwargs = inputs[name]
+            outs[name] = _sample(pipe.unet(*args, **kwargs))
+        for i in range(steps):
+            order = ("vidiff", "diffusers") if i % 2 == 0 else ("diffusers", "vidiff")
+            for name in order:
+                args, kwargs = inputs[name]
+                t0 = time.perf_counter()
+                pipes[name].unet(*args, **kwargs)
+                times[name].append(time.perf_counter() - t0)
+    ratios = [v / r for v, r in zip(times["vidiff"], times["diffusers"])]
+    result = dict(case=case, vidiff_s=statistics.median(times["vidiff"]), reference_s=statistics.median(times["diffusers"]),
+                  ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                  diff=float((outs["vidiff"] - outs["diffusers"]).abs().max()))
+    if flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        for name, pipe in pipes.items():
+            args, kwargs = inputs[name]
+            with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=bench._sdpa_cpu_flops()) as counter:
+                pipe.unet(*args, **kwargs)
+            result[f"{name}_gflop"] = counter.get_total_flops() / 1e9
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="t2v-mid,svd-mid,i2vgen-mid,animatediff-mid,t2v-zero-mid",
+                    help=f"comma-separated, from {', '.join(bench.CASES)}")
+    ap.add_argument("--steps", type=int, default=20, help="timed UNet calls per library (alternating)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
+    ap.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per library)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in bench.CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; pick from {list(bench.CASES)}")
+    if args.steps < 1:
+        raise SystemExit("--steps must be at least 1")
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = []
+    for case in cases:
+        r = compare(case, args.cache, args.steps, flops=not args.no_flops)
+        rows.append(r)
+        print(f"  {case}: vidiff {r['vidiff_s']:.3f}s reference {r['reference_s']:.3f}s ratio {r['ratio']:.2f}x", flush=True)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; {args.steps} alternating calls each")
+    print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff | GFLOP/step | GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        fl = gf = "-"
+        if "vidiff_gflop" in r:
+            fl = f"{r['vidiff_gflop']:.1f} / {r['diffusers_gflop']:.1f}"
+            gf = f"{r['vidiff_gflop'] / r['vidiff_s']:.1f} / {r['diffusers_gflop'] / r['reference_s']:.1f}"
+        print(f"| {r['case']} | {r['vidiff_s']:.3f} / {r['reference_s']:.3f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+              f"{r['diff']:.1e} | {fl} | {gf} |")
+
+
+if __name__ == "__main__":
+    main()
