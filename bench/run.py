@@ -8,6 +8,7 @@ Each case is a diffusers-format folder of random weights, built once with the re
 ``--cache`` (default /tmp/vidiff-bench). Every (library, case, repeat) runs in its own subprocess so its peak RSS is
 its own; the runs are interleaved (A B, B A, ...) and the table shows medians over repeats. The machine may be shared:
 the table prints the load average before and after. diffusers is needed only by this script, never by vidiff.
+For step times on a machine whose speed drifts, bench/steps.py alternates the two UNets in one process.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ CASES: dict[str, dict] = {
                     vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
                              latent_channels=4),
                     call=dict(MID_CALL, decode_chunk_size=2)),
+    # the svd-mid model at 256x256, 8 frames: activations, not weights or libraries, set the peak RSS
+    "svd-mid-256": dict(kind="svd", full=False, text_dim=256, randomize=None,
+                        unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4),
+                                  cross_attention_dim=256, addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
+                                  down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
+                                  up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2),
+                        vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
+                                 latent_channels=4),
+                        call=dict(num_frames=8, height=256, width=256, num_inference_steps=2, decode_chunk_size=2)),
     "i2vgen-mid": dict(kind="i2vgen", full=False, text_dim=256, unet=MID_UNET3D, vae=MID_VAE, call=MID_CALL),
     "animatediff-mid": dict(kind="animatediff", full=False, text_dim=256, unet=MID_UNET2D, vae=MID_VAE, call=MID_CALL,
                             adapter=dict(block_out_channels=(64, 128, 128), motion_layers_per_block=2, motion_norm_num_groups=32,
@@ -194,6 +204,7 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     else:
         import diffusers as lib_mod
     kind = spec["kind"]
+    getattr(lib_mod, PIPELINES[kind]), getattr(lib_mod, "MotionAdapter")  # both libraries import these lazily: not load time
     # the reference imports transformers' CLIP with its pipeline module, vidiff on first use: import it here in both
     # so that load_s is from_pretrained alone; import_s is the import cost (cold start = import_s + load_s)
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401

@@ -92,6 +92,20 @@ def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
     return result
 
 
+def sgemm_rate(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n float32 matrix product on this machine now: the practical arithmetic ceiling."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="t2v-mid,svd-mid,i2vgen-mid,animatediff-mid,t2v-zero-mid",
@@ -111,13 +125,16 @@ def main() -> None:
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    peak = [sgemm_rate()]
     rows = []
     for case in cases:
         r = compare(case, args.cache, args.steps, flops=not args.no_flops)
         rows.append(r)
         print(f"  {case}: vidiff {r['vidiff_s']:.3f}s reference {r['reference_s']:.3f}s ratio {r['ratio']:.2f}x", flush=True)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    peak.append(sgemm_rate())
     print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; {args.steps} alternating calls each")
+    print(f"2048x2048 float32 matmul before / after: {peak[0]:.0f} / {peak[1]:.0f} GFLOP/s (the practical ceiling)")
     print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff | GFLOP/step | GFLOP/s |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -614,3 +614,40 @@ def test_autoencoder_kl_old_attention_names(tmp_path):
     assert any(".query." in k for k in renamed)
     save_file(renamed, path)
     _assert_same_weights(vidiff_vae.AutoencoderKL.from_pretrained(tmp_path), ref)
+
+
+# ---------------------------------------------------------------------------------------------- meta build and assignment
+def test_meta_build_skips_initialisers_only_for_meta_tensors():
+    """build_on_meta short-circuits torch.nn.init on meta tensors; a CPU module built meanwhile (another thread, say)
+    is still initialised, and the initialisers are restored afterwards."""
+    from vidiff.loading.checkpoint import _meta_init_skipped, build_on_meta
+
+    before = nn.init.kaiming_uniform_
+    with _meta_init_skipped():
+        assert nn.init.kaiming_uniform_ is not before
+        torch.manual_seed(0)
+        cpu = nn.Linear(8, 8)
+    torch.manual_seed(0)
+    assert torch.equal(cpu.weight, nn.Linear(8, 8).weight)  # same draws as without the patch
+    assert nn.init.kaiming_uniform_ is before
+    meta = build_on_meta(nn.Sequential, nn.Linear(4, 4), nn.GroupNorm(2, 4))  # args built outside: CPU
+    model = build_on_meta(nn.Linear, 4, 4)
+    assert model.weight.is_meta and model.weight.shape == (4, 4) and not meta[0].weight.is_meta
+
+
+def test_assign_state_dict_matches_load_state_dict_and_respects_load_hooks():
+    from vidiff.loading.checkpoint import assign_state_dict, build_on_meta
+
+    src = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    ours = build_on_meta(nn.Sequential, *[build_on_meta(nn.Linear, 3, 4), build_on_meta(nn.BatchNorm1d, 4)])
+    ours[0].weight.requires_grad_(False)
+    assign_state_dict(ours, state)
+    assert isinstance(ours[0].weight, nn.Parameter) and not ours[0].weight.requires_grad and ours[0].bias.requires_grad
+    assert ours[1].running_mean is state["1.running_mean"]  # buffers are set as they are, no copy
+    assert ours[0].weight.data_ptr() == state["0.weight"].data_ptr()
+    seen = []
+    hooked = build_on_meta(nn.Linear, 3, 4)
+    hooked._register_load_state_dict_pre_hook(lambda *a, **k: seen.append(1))
+    assign_state_dict(hooked, {"weight": state["0.weight"], "bias": state["0.bias"]})  # through load_state_dict
+    assert seen and torch.equal(hooked.weight, state["0.weight"])
