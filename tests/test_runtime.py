@@ -297,6 +297,8 @@ def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
     assert not case(8, 320, 320, (16, 16))  # narrow weight: oneDNN's direct kernel
     assert not case(8, 1280, 1280, (16, 16))  # big map
     assert not case(8, 1280, 1280, (4, 4), dtype=torch.bfloat16) and not case(8, 1280, 1280, (4, 4), device="meta")
+    w = torch.empty(1280, 1280, 3, 3).contiguous(memory_format=torch.channels_last)  # runtime.layout.channels_last
+    assert not use_gemm(torch.empty(8, 1280, 4, 4), w, 1, 1)  # reshaping it would copy the weight on every call
     layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(layer(x), torch.nn.Conv2d.forward(layer, x), rtol=0, atol=0)

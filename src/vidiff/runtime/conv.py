@@ -32,6 +32,8 @@ def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool
     """Whether :func:`conv2d` runs this convolution as a matrix product (CPU, float32, big weight, small map)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or weight.numel() < GEMM_MIN_WEIGHT:
         return False
+    if not weight.is_contiguous():  # a channels-last weight is no (out, in*kh*kw) view: oneDNN takes it as it is
+        return False
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     kh, kw = weight.shape[2:]
     oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
