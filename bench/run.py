@@ -46,25 +46,18 @@ MID_UNET3D = dict(MID_UNET, down_block_types=("CrossAttnDownBlock3D",) * 2 + ("D
 MID_UNET2D = dict(MID_UNET, down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2)
 MID_CALL = dict(num_frames=4, height=64, width=64, num_inference_steps=4)
+SVD_MID_UNET = dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4), cross_attention_dim=256,
+                    addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
+                    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
+                    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2)
+SVD_MID_VAE = dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1, latent_channels=4)
 
 CASES: dict[str, dict] = {
     "t2v-mid": dict(kind="t2v", full=False, text_dim=256, unet=MID_UNET3D, vae=MID_VAE, call=MID_CALL),
-    "svd-mid": dict(kind="svd", full=False, text_dim=256, randomize=None,
-                    unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4),
-                              cross_attention_dim=256, addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
-                              down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
-                              up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2),
-                    vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
-                             latent_channels=4),
+    "svd-mid": dict(kind="svd", full=False, text_dim=256, randomize=None, unet=SVD_MID_UNET, vae=SVD_MID_VAE,
                     call=dict(MID_CALL, decode_chunk_size=2)),
     # the svd-mid model at 256x256, 8 frames: activations, not weights or libraries, set the peak RSS
-    "svd-mid-256": dict(kind="svd", full=False, text_dim=256, randomize=None,
-                        unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, num_attention_heads=(2, 4, 4),
-                                  cross_attention_dim=256, addition_time_embed_dim=64, projection_class_embeddings_input_dim=192,
-                                  down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
-                                  up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2),
-                        vae=dict(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3, layers_per_block=1,
-                                 latent_channels=4),
+    "svd-mid-256": dict(kind="svd", full=False, text_dim=256, randomize=None, unet=SVD_MID_UNET, vae=SVD_MID_VAE,
                         call=dict(num_frames=8, height=256, width=256, num_inference_steps=2, decode_chunk_size=2)),
     "i2vgen-mid": dict(kind="i2vgen", full=False, text_dim=256, unet=MID_UNET3D, vae=MID_VAE, call=MID_CALL),
     "animatediff-mid": dict(kind="animatediff", full=False, text_dim=256, unet=MID_UNET2D, vae=MID_VAE, call=MID_CALL,
