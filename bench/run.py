@@ -214,15 +214,19 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     rss_after_load = _peak_rss_mb()
     pipe.set_progress_bar_config(disable=True)
 
-    steps: list[float] = []
+    calls: list[tuple[float, float]] = []  # (timestep, seconds) of every UNet call
     captured: dict = {}
 
     def pre(module, args, kwargs):
-        captured.setdefault("call", (args, kwargs))
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        captured.setdefault("t0", t)
+        if t is captured["t0"] or (torch.is_tensor(t) and torch.equal(t, captured["t0"])):
+            captured.setdefault("first_step", []).append((args, kwargs))  # vidiff may split a guidance batch in two
+        captured["timestep"] = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
         captured["t"] = time.perf_counter()
 
     def post(module, args, kwargs, output):
-        steps.append(time.perf_counter() - captured["t"])
+        calls.append((captured["timestep"], time.perf_counter() - captured["t"]))
 
     pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
     pipe.unet.register_forward_hook(post, with_kwargs=True)
@@ -237,16 +241,29 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     if profile_to:
         Path(profile_to).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("BENCH_PROFILE_ROWS", "40"))))
     np.save(out.with_suffix(".npy"), np.asarray(frames, dtype=np.float32))
+    steps = _step_times(calls)
     result = dict(lib=lib, case=case, import_s=import_s, load_s=load_s, e2e_s=e2e_s, step_s=statistics.median(steps),
                   steps=list(steps), rss_mb=_peak_rss_mb(), rss_load_mb=rss_after_load)
     if spec["full"]:
         from torch.utils.flop_counter import FlopCounterMode
 
-        args, kwargs = captured["call"]
         with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_sdpa_cpu_flops()) as counter:
-            pipe.unet(*args, **kwargs)
+            for args, kwargs in captured["first_step"]:
+                pipe.unet(*args, **kwargs)
         result["flops"] = counter.get_total_flops()
     out.write_text(json.dumps(result))
+
+
+def _step_times(calls: list[tuple[float, float]]) -> list[float]:
+    """Seconds per denoising step: consecutive UNet calls at the same timestep are one step (vidiff runs a large
+    guidance batch as two half-batch calls, runtime.guidance)."""
+    steps: list[list] = []
+    for t, dt in calls:
+        if steps and steps[-1][0] == t:
+            steps[-1][1] += dt
+        else:
+            steps.append([t, dt])
+    return [dt for _, dt in steps]
 
 
 # ---------------------------------------------------------------------------------------------------------- parent

@@ -8,7 +8,8 @@ two processes can differ by 25% for the same work. Here both pipelines are loade
 folders as bench/run.py), each runs its own pipeline once to capture its UNet's inputs (same seed, so the same
 inputs), then the two UNets are called in turn, vidiff, reference, vidiff, ... (the order flips every pair), so
 both see the same machine. Reported: median step times, the median of the per-pair ratios with its min and max,
-the largest output difference between the two UNets, and FLOPs per step with achieved GFLOP/s.
+the largest output difference between the two UNets, and FLOPs per step with achieved GFLOP/s. Both UNets get the
+whole [uncond, cond] batch (vidiff's pipelines split a large one in two calls, runtime.guidance; not here).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
     import torch
 
     import vidiff
+    from vidiff.runtime import guidance
 
+    guidance.SPLIT_MIN_POSITIONS = None  # the whole guidance batch in one UNet call, as the reference makes it
     spec = bench.CASES[case]
     folder = bench.case_folder(case, cache)
     pipes = {lib.__name__: bench.load_pipeline(lib, spec["kind"], folder) for lib in (vidiff, diffusers)}

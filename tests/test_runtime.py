@@ -319,3 +319,136 @@ def test_gemm_convolutions_everywhere_give_the_same_frames(folders, name, monkey
     frames = _run(pipe, name)
     assert len(calls) > 20, len(calls)
     _close(frames, base)
+
+
+# ---------------------------------------------------------------------------------------------- attention kernels
+@pytest.mark.parametrize("b, heads, n_q, n_k, d", [
+    (6, 2, 4, 4, 8),  # temporal attention, 4 frames: broadcast products
+    (5, 3, 3, 2, 4),  # 2 keys, odd sizes
+    (4, 2, 5, 5, 8),  # 5 frames: batched matrix products
+    (3, 2, 7, 32, 8),  # the longest key sequence computed explicitly
+    (2, 1, 9, 14, 16),  # cross-attention shape (n_q != n_k)
+], ids=["4keys", "2keys", "5keys", "32keys", "cross"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunks"])
+def test_explicit_attention_is_sdpa(b, heads, n_q, n_k, d, chunked, monkeypatch):
+    """runtime.attention's explicit products give F.scaled_dot_product_attention's output and gradients on the
+    projections' transposed views, whole or in batch chunks (one row per chunk)."""
+    from vidiff.runtime import attention
+
+    if chunked:
+        monkeypatch.setattr(attention, "_CHUNK_ELEMENTS", 1)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, n_q, heads * d, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(b, n_k, heads * d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    views = [t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v)]  # b heads n d, as the processors pass them
+    assert attention.use_explicit(views[0], views[1])
+    got = attention.scaled_dot_product_attention(*views)
+    want = torch.nn.functional.scaled_dot_product_attention(*views)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if chunked or n_k <= attention.BROADCAST_MAX_KEYS:  # written in token order: back to (b, n, heads * d) for free
+        assert got.transpose(1, 2).is_contiguous()
+    for a, e in zip(torch.autograd.grad(got.square().sum(), [q, k, v]), torch.autograd.grad(want.square().sum(), [q, k, v])):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_explicit_attention_is_chosen_for_short_key_sequences_only():
+    from vidiff.runtime.attention import MATH_MAX_KEYS, use_explicit
+
+    def case(n_k, dtype=torch.float32, device="cpu", mask=None):
+        return use_explicit(torch.empty(2, 2, 8, 4, dtype=dtype, device=device), torch.empty(2, 2, n_k, 4, dtype=dtype, device=device), mask)
+
+    assert case(2) and case(4) and case(MATH_MAX_KEYS) and case(8, dtype=torch.float64)
+    assert not case(1) and not case(MATH_MAX_KEYS + 1) and not case(77)  # one key / long sequences: SDPA
+    assert not case(4, dtype=torch.bfloat16) and not case(4, dtype=torch.float16) and not case(4, device="meta")
+    assert not case(4, mask=torch.zeros(2, 2, 8, 4))  # masks go to SDPA
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline", "TextToVideoZeroPipeline"])
+def test_attention_kernels_everywhere_give_the_same_frames(folders, name, monkeypatch):
+    """Every attention call explicit (even 77-key cross-attention), in small chunks, or every call through SDPA:
+    the same frames."""
+    from vidiff.runtime import attention
+
+    pipe = _load(folders, name)
+    monkeypatch.setattr(attention, "MATH_MAX_KEYS", 0)
+    base = _run(pipe, name)
+    calls = []
+    monkeypatch.setattr(attention, "MATH_MAX_KEYS", 1 << 30)
+    monkeypatch.setattr(attention, "_CHUNK_ELEMENTS", 256)
+    monkeypatch.setattr(attention, "_in_chunks", lambda *a, f=attention._in_chunks, **k: calls.append(1) or f(*a, **k))
+    _close(_run(pipe, name), base)
+    assert len(calls) > 10, len(calls)
+
+
+# ---------------------------------------------------------------------------------------------- row chunking
+def test_map_rows_is_the_whole_call(monkeypatch):
+    from vidiff.runtime import chunking
+    from vidiff.layers.transformers import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(8, mult=4, activation_fn="geglu").double().eval()
+    x = torch.randn(3, 10, 8, dtype=torch.float64)
+    want = ff._forward(x)
+    assert chunking.rows_per_chunk(30, ff._width) == 30  # small inputs run whole
+    monkeypatch.setattr(chunking, "MIN_ROWS", 1)
+    monkeypatch.setattr(chunking, "CHUNK_ELEMENTS", 7 * ff._width)  # 7 rows per block: 30 rows = 4 blocks + 2
+    assert chunking.rows_per_chunk(30, ff._width) == 7
+    calls = []
+    with torch.no_grad():
+        got = chunking.map_rows(lambda t: calls.append(t.shape[0]) or ff._forward(t), x, ff._width)
+    assert calls == [7, 7, 7, 7, 2] and got.shape == want.shape
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ff(x), want, rtol=1e-12, atol=1e-12)  # FeedForward.forward goes through map_rows
+
+
+def test_row_chunked_feed_forwards_give_the_same_frames(folders, monkeypatch):
+    """Every feed-forward of SVD's spatial and temporal blocks in blocks of 3 rows: the same frames."""
+    from vidiff.runtime import chunking
+
+    name = "StableVideoDiffusionPipeline"
+    pipe = _load(folders, name)
+    base = _run(pipe, name)
+    from vidiff.layers.transformers import FeedForward
+
+    blocks = []
+    monkeypatch.setattr(FeedForward, "_forward", lambda self, x, f=FeedForward._forward: blocks.append(x.shape[0]) or f(self, x))
+    _run(pipe, name)
+    whole = len(blocks)
+    blocks.clear()
+    monkeypatch.setattr(chunking, "MIN_ROWS", 1)
+    monkeypatch.setattr(chunking, "CHUNK_ELEMENTS", 3 * 256)
+    _close(_run(pipe, name), base)
+    assert len(blocks) > 10 * whole and max(blocks) <= 3, (whole, len(blocks), max(blocks))
+
+
+# ---------------------------------------------------------------------------------------------- guidance batches
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
+def test_split_guidance_batches_give_the_same_frames(folders, name, monkeypatch):
+    """Every guided UNet call as two half-batch calls (uncond, then cond): the same frames, twice the calls."""
+    from vidiff.runtime import guidance
+
+    pipe = _load(folders, name)
+    batches = []
+    pipe.unet.register_forward_pre_hook(lambda m, a, k: batches.append((a[0] if a else k["sample"]).shape[0]), with_kwargs=True)
+    monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", None)
+    base = _run(pipe, name)
+    whole = list(batches)
+    batches.clear()
+    monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", 0)
+    _close(_run(pipe, name), base)
+    assert whole and batches == [whole[0] // 2] * (2 * len(whole)), (whole, batches)
+
+
+def test_guidance_batches_split_only_when_large(monkeypatch):
+    from vidiff.runtime import guidance
+
+    unet = type("U", (), {"config": type("C", (), {"in_channels": 8})()})()
+    svd_256 = torch.empty(2, 8, 8, 64, 64)  # [uncond, cond] x 8 frames x 8 channels x 64 x 64 latents
+    assert guidance.split_batch(unet, svd_256, guided=True)
+    assert not guidance.split_batch(unet, svd_256, guided=False)  # no guidance: one batch
+    assert not guidance.split_batch(unet, torch.empty(2, 4, 8, 16, 16), guided=True)  # mid-size bench calls: whole
+    monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", None)
+    assert not guidance.split_batch(unet, svd_256, guided=True)
+    halves = [guidance._half({"a": (torch.arange(4), 7), "b": torch.zeros(3), "t": torch.tensor(5)}, 4, p) for p in (0, 1)]
+    assert halves[1]["a"][0].tolist() == [2, 3] and halves[1]["a"][1] == 7 and halves[0]["b"].shape == (3,)
+    assert halves[0]["t"].item() == 5

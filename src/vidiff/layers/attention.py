@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..runtime.attention import scaled_dot_product_attention as sdpa
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class AttnProcessor2_0:
         query, key, value = _project_qkv(attn, hidden_states, encoder_hidden_states)
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))  # b heads (r n) d
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = sdpa(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, n_q, attn.heads * head_dim).to(query.dtype)  # (b r) n (heads d)
         return _finish(attn, out, residual, shape4d)
 

@@ -12,9 +12,9 @@ of each group are replaced by those of the group's first frame. Cross-attention 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .attention import Attention, _finish, _flatten_input, _project_qkv
+from ..runtime.attention import scaled_dot_product_attention as sdpa
 
 
 def first_frame_kv(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -77,6 +77,6 @@ class CrossFrameAttnProcessor2_0(_CrossFrameBase):
         query, key, value = self._qkv(attn, hidden_states, encoder_hidden_states)
         head_dim = query.shape[-1] // attn.heads
         query, key, value = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = sdpa(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # b n (heads d)
         return _finish(attn, out, residual, shape4d)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import BaseOutput
+from ..runtime.chunking import map_rows
 from ..runtime.layout import is_channels_last, tokens_to_map
 from .attention import Attention
 from .embeddings import SinusoidalPositionalEmbedding
@@ -95,8 +96,12 @@ class FeedForward(nn.Module):
         if final_dropout:
             layers.append(nn.Dropout(dropout))
         self.net = nn.ModuleList(layers)
+        self._width = 2 * inner_dim if activation_fn == "geglu" else inner_dim  # the widest intermediate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return map_rows(self._forward, hidden_states, self._width)  # blocks of tokens: same values, less memory
+
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for module in self.net:
             hidden_states = module(hidden_states)
         return hidden_states

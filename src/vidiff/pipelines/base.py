@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..runtime import offload as _offload
+from ..runtime.memory import release_free_memory
 
 logger = logging.getLogger("vidiff")
 
@@ -222,6 +223,7 @@ class DiffusionPipeline:
         num_warmup = len(timesteps) - num_inference_steps * order
         self._num_timesteps = len(timesteps)
         self._interrupt = False
+        release_free_memory()  # what the encoders freed goes back before the denoiser's activations
         with self.progress_bar(total=num_inference_steps) as bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:

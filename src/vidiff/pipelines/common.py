@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..runtime.guidance import denoise
+from ..runtime.memory import release_free_memory
 from ..runtime.random import randn_tensor
 from .base import cfg_combine
 from .video_io import VideoPipelineOutput, postprocess_video
@@ -44,8 +46,7 @@ def text_guided_step(pipe, guidance_scale: float, do_cfg: bool, cross_attention_
         per_frame, per_video = state.get(PER_VIDEO_TEXT, (None, None))
         if per_frame is text:
             text = per_video
-        noise_pred = pipe.unet(x, t, encoder_hidden_states=text,
-                               cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+        noise_pred = denoise(pipe.unet, x, t, guided=do_cfg, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs)
         if do_cfg:
             noise_pred = cfg_combine(noise_pred, guidance_scale)
         return scheduler_step(noise_pred, t, latents)
@@ -77,7 +78,11 @@ def decode_latents(vae, latents: torch.Tensor, decode_chunk_size: int | None = N
     b = latents.shape[0]
     flat = frames_to_batch(latents / vae.config.scaling_factor)
     step = decode_chunk_size or flat.shape[0]
-    frames = torch.cat([vae.decode(flat[i : i + step]).sample for i in range(0, flat.shape[0], step)])
+    frames = []
+    for i in range(0, flat.shape[0], step):
+        release_free_memory()  # what the last stage or chunk freed goes back before this chunk's maps
+        frames.append(vae.decode(flat[i : i + step]).sample)
+    frames = torch.cat(frames)
     return batch_to_frames(frames, b).float()
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime.guidance import denoise
+from ..runtime.memory import release_free_memory
 from ..runtime.random import randn_tensor
 from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
 from .common import check_decode_chunk_size, vae_scale_factor
@@ -137,6 +139,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
             for i in range(0, num_frames, decode_chunk_size):
                 chunk = video[i : i + decode_chunk_size]
                 kwargs = {"num_frames": chunk.shape[0]} if takes_frames else {}
+                release_free_memory()  # what the last stage or chunk freed goes back before this chunk's maps
                 frames.append(self.vae.decode(chunk, **kwargs).sample)
         frames = torch.cat(frames)  # (b f) c H W
         return frames.reshape(b, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
@@ -155,7 +158,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
             latents = state["latents"]
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = torch.cat([self.scheduler.scale_model_input(x, t), image_latents], dim=2)  # b f 2c h w
-            noise_pred = self.unet(x, t, encoder_hidden_states=image_embeds, added_time_ids=added_time_ids, return_dict=False)[0]
+            noise_pred = denoise(self.unet, x, t, guided=do_cfg, encoder_hidden_states=image_embeds, added_time_ids=added_time_ids)
             if do_cfg:
                 noise_pred = cfg_combine(noise_pred, guidance)
             return self.scheduler.step(noise_pred, t, latents).prev_sample

@@ -1,0 +1,50 @@
+"""Guidance batches: a large [uncond, cond] denoiser call runs as two half-batch calls.
+
+Classifier-free guidance doubles the denoiser's batch, and with it every activation of the forward. Once the
+batch is large (SVD at 256x256 with 8 frames: 16 frames of 64x64 latents, activations of 16 MiB per tensor at the
+outer blocks), :func:`denoise` calls the model on the unconditional and the conditional half in turn and stacks
+the two outputs: each sample's arithmetic is unchanged (the blocks act on each batch row alone; differences
+around 1e-6 from the matrix-product kernels' blocking), the activations' peak halves, and at that size a call's
+fixed overhead is negligible (SVD svd-mid-256 step: same time). Small calls (fewer than
+:data:`SPLIT_MIN_POSITIONS` latent positions, batch x frames x height x width) run as one batch, as before.
+Set ``vidiff.runtime.guidance.SPLIT_MIN_POSITIONS`` to 0 to always split, or to ``None`` to never split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+SPLIT_MIN_POSITIONS: int | None = 1 << 14  # e.g. 2 x 8 frames x 32 x 32 latents
+
+
+def split_batch(model: Any, sample: torch.Tensor, guided: bool) -> bool:
+    """Whether :func:`denoise` runs this guidance batch as two halves."""
+    channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if not guided or SPLIT_MIN_POSITIONS is None or not channels or sample.shape[0] % 2:
+        return False
+    return sample.numel() // channels >= SPLIT_MIN_POSITIONS
+
+
+def denoise(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwargs) -> torch.Tensor:
+    """``model(sample, *args, **kwargs, return_dict=False)[0]``; with ``guided`` (sample = [uncond, cond]) and a
+    large batch, as two calls on the halves of every argument that has the sample's batch (tensors, or tuples,
+    lists and dicts of them)."""
+    if not split_batch(model, sample, guided):
+        return model(sample, *args, return_dict=False, **kwargs)[0]
+    n = sample.shape[0]
+    halves = [_half(sample, n, part) for part in (0, 1)]
+    outs = [model(halves[p], *_half(args, n, p), return_dict=False, **_half(kwargs, n, p))[0] for p in (0, 1)]
+    return torch.cat(outs)
+
+
+def _half(value: Any, n: int, part: int) -> Any:
+    """The ``part``-th half (0: uncond, 1: cond) of every tensor in ``value`` whose first axis has ``n`` rows."""
+    if isinstance(value, torch.Tensor):
+        return value[part * (n // 2):(part + 1) * (n // 2)] if value.dim() and value.shape[0] == n else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_half(v, n, part) for v in value)
+    if isinstance(value, dict):
+        return {k: _half(v, n, part) for k, v in value.items()}
+    return value
