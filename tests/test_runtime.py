@@ -452,3 +452,23 @@ def test_guidance_batches_split_only_when_large(monkeypatch):
     halves = [guidance._half({"a": (torch.arange(4), 7), "b": torch.zeros(3), "t": torch.tensor(5)}, 4, p) for p in (0, 1)]
     assert halves[1]["a"][0].tolist() == [2, 3] and halves[1]["a"][1] == 7 and halves[0]["b"].shape == (3,)
     assert halves[0]["t"].item() == 5
+    assert guidance._half(torch.arange(12), 4, 1).tolist() == list(range(6, 12))  # per-frame rows: 4 videos x 3 frames
+
+
+def test_split_guidance_batches_with_per_frame_text(folders, monkeypatch):
+    """AnimateDiff with a callback that reads prompt_embeds passes per-frame text ((2 b f) rows) to its UNet: split
+    in halves with the sample, the same frames."""
+    from vidiff.runtime import guidance
+
+    name = "AnimateDiffPipeline"
+    pipe = _load(folders, name)
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states"].shape[0]), with_kwargs=True)
+    callback = dict(callback_on_step_end=lambda p, i, t, kw: {}, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", None)
+    base = _run(pipe, name, **callback)
+    assert seen[0] == 2 * CASES[name][1]["num_frames"], seen  # per-frame rows
+    seen.clear()
+    monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", 0)
+    _close(_run(pipe, name, **callback), base)
+    assert seen[0] == CASES[name][1]["num_frames"], seen

@@ -29,8 +29,9 @@ def split_batch(model: Any, sample: torch.Tensor, guided: bool) -> bool:
 
 def denoise(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwargs) -> torch.Tensor:
     """``model(sample, *args, **kwargs, return_dict=False)[0]``; with ``guided`` (sample = [uncond, cond]) and a
-    large batch, as two calls on the halves of every argument that has the sample's batch (tensors, or tuples,
-    lists and dicts of them)."""
+    large batch, as two calls on the halves of every argument whose rows follow the sample's (tensors, or tuples,
+    lists and dicts of them): a first axis of the sample's batch, or a multiple of it (per-frame text, (2 b f) rows
+    laid out [uncond videos' frames, cond videos' frames])."""
     if not split_batch(model, sample, guided):
         return model(sample, *args, return_dict=False, **kwargs)[0]
     n = sample.shape[0]
@@ -40,9 +41,12 @@ def denoise(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwa
 
 
 def _half(value: Any, n: int, part: int) -> Any:
-    """The ``part``-th half (0: uncond, 1: cond) of every tensor in ``value`` whose first axis has ``n`` rows."""
+    """The ``part``-th half (0: uncond, 1: cond) of every tensor in ``value`` whose first axis has k * ``n`` rows."""
     if isinstance(value, torch.Tensor):
-        return value[part * (n // 2):(part + 1) * (n // 2)] if value.dim() and value.shape[0] == n else value
+        rows = value.shape[0] if value.dim() else 0
+        if not rows or rows % n:
+            return value
+        return value[part * (rows // 2):(part + 1) * (rows // 2)]
     if isinstance(value, (tuple, list)):
         return type(value)(_half(v, n, part) for v in value)
     if isinstance(value, dict):
