@@ -472,3 +472,22 @@ def test_split_guidance_batches_with_per_frame_text(folders, monkeypatch):
     monkeypatch.setattr(guidance, "SPLIT_MIN_POSITIONS", 0)
     _close(_run(pipe, name, **callback), base)
     assert seen[0] == CASES[name][1]["num_frames"], seen
+
+
+# ---------------------------------------------------------------------------------------------- up-block memory
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline", "I2VGenXLPipeline"])
+def test_up_blocks_free_the_concatenated_input_before_attention(folders, name):
+    """In every up block with attention, the resnet's input (running features + skip) is gone by the time the
+    attention after it runs (layers/unet_passes.py: the up pass runs a layer as two stages)."""
+    import weakref
+
+    pipe = _load(folders, name)
+    inputs, alive = {}, []
+    for block in pipe.unet.up_blocks:
+        if getattr(block, "attentions", None) is None:
+            continue
+        for i, (resnet, attn) in enumerate(zip(block.resnets, block.attentions)):
+            resnet.register_forward_pre_hook(lambda m, a, k, key=(id(block), i): inputs.__setitem__(key, weakref.ref(a[0] if a else k["input_tensor"])), with_kwargs=True)
+            attn.register_forward_pre_hook(lambda m, a, key=(id(block), i): alive.append(inputs[key]() is not None))
+    _run(pipe, name)
+    assert alive and not any(alive), alive

@@ -318,13 +318,20 @@ class _BlockST(nn.Module):
 
     has_cross_attention = False
 
-    def _layer_fn(self, temb, encoder_hidden_states, image_only_indicator):
-        def layer(i: int, hidden_states: torch.Tensor) -> torch.Tensor:
-            hidden_states = _maybe_checkpoint(self, self.resnets[i], hidden_states, temb, image_only_indicator)
+    def _stages(self, temb, encoder_hidden_states, image_only_indicator):
+        """(resnet, rest) of layer i; ``_layer_fn`` composes them."""
+        def resnet(i: int, hidden_states: torch.Tensor) -> torch.Tensor:
+            return _maybe_checkpoint(self, self.resnets[i], hidden_states, temb, image_only_indicator)
+
+        def rest(i: int, hidden_states: torch.Tensor) -> torch.Tensor:
             attn = self.attentions[i] if self.attentions is not None else None
             return _attend(attn, hidden_states, encoder_hidden_states, image_only_indicator)
 
-        return layer
+        return resnet, rest
+
+    def _layer_fn(self, temb, encoder_hidden_states, image_only_indicator):
+        resnet, rest = self._stages(temb, encoder_hidden_states, image_only_indicator)
+        return lambda i, hidden_states: rest(i, resnet(i, hidden_states))
 
 
 class _DownBlockST(_BlockST):
@@ -364,8 +371,8 @@ class CrossAttnDownBlockSpatioTemporal(_DownBlockST):
 
 class _UpBlockST(_BlockST):
     def _run(self, hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states, image_only_indicator, upsample_size):
-        layer = self._layer_fn(temb, encoder_hidden_states, image_only_indicator)  # input: (b f) (c + c_skip) h w
-        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
+        stages = self._stages(temb, encoder_hidden_states, image_only_indicator)  # input: (b f) (c + c_skip) h w
+        return up_pass(self, hidden_states, res_hidden_states_tuple, stages, upsample_size)
 
 
 class UpBlockSpatioTemporal(_UpBlockST):

@@ -108,7 +108,9 @@ class UNetBlock2DBase(nn.Module):
 
     def _layer(self, i: int, hidden_states: torch.Tensor, temb, cond: dict[str, Any], num_frames: int) -> torch.Tensor:
         """resnets[i] -> attentions[i] -> motion_modules[i] (those present)."""
-        hidden_states = self.resnets[i](hidden_states, temb)
+        return self._after_resnet(i, self.resnets[i](hidden_states, temb), cond, num_frames)
+
+    def _after_resnet(self, i: int, hidden_states: torch.Tensor, cond: dict[str, Any], num_frames: int) -> torch.Tensor:
         if self.has_cross_attention:
             hidden_states = self.attentions[i](hidden_states, **cond, return_dict=False)[0]
         if self.has_motion:
@@ -306,10 +308,13 @@ class UpBlockBase(UNetBlock2DBase):
         self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU factors, set by the UNet's enable_freeu
 
     def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size=None, cond=None, num_frames: int = 1):
-        def layer(i, h):  # h: b (c+skip) h w
-            return self._layer(i, h, temb, cond or {}, num_frames)
+        def resnet(i, h):  # h: b (c+skip) h w
+            return self.resnets[i](h, temb)
 
-        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
+        def rest(i, h):
+            return self._after_resnet(i, h, cond or {}, num_frames)
+
+        return up_pass(self, hidden_states, res_hidden_states_tuple, (resnet, rest), upsample_size)
 
 
 class UpBlock2D(UpBlockBase):

@@ -225,10 +225,15 @@ class _UpBlock3DBase(_Block3D):
 
     def _run_up(self, hidden_states, res_hidden_states_tuple, temb, upsample_size, num_frames,
                 encoder_hidden_states=None, cross_attention_kwargs=None):
-        def layer(i, h):  # h: (b f) (c+skip) h w
-            return self._layer(i, h, temb, num_frames, encoder_hidden_states, cross_attention_kwargs)
+        def resnet(i, h):  # h: (b f) (c+skip) h w
+            return self._resnet_step(i, h, temb, num_frames)
 
-        return up_pass(self, hidden_states, res_hidden_states_tuple, layer, upsample_size)
+        def rest(i, h):
+            if not self.has_cross_attention:
+                return h
+            return self._attention_step(i, h, encoder_hidden_states, num_frames, cross_attention_kwargs)
+
+        return up_pass(self, hidden_states, res_hidden_states_tuple, (resnet, rest), upsample_size)
 
 
 class UpBlock3D(_UpBlock3DBase):

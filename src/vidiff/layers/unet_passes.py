@@ -3,7 +3,9 @@ samplers, the down pass (one skip per layer, +1 after the downsampler), the up p
 concatenate, layer), the mid pass (resnet, then attention + resnet per layer), and FreeU itself.
 
 A block supplies ``layer(i, hidden_states) -> hidden_states`` (its resnets[i] and whatever follows it) and holds
-``resnets`` plus ``downsamplers`` or ``upsamplers`` (``None`` when absent), as the reference's blocks do.
+``resnets`` plus ``downsamplers`` or ``upsamplers`` (``None`` when absent), as the reference's blocks do. The up
+pass takes the layer as two stages, ``(resnet, rest)``: the concatenated input (running features + skip, the
+widest map of the block) is then freed as soon as the resnet is done, not kept through the attention after it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from .resnets import Downsample2D, Upsample2D
 
 Layer = Callable[[int, torch.Tensor], torch.Tensor]
+Stages = tuple[Layer, Layer]  # (resnet[i] and what must see the concatenated input, the rest of layer i)
 
 # ---------------------------------------------------------------------------------------------- options
 
@@ -83,10 +86,11 @@ def down_pass(block: nn.Module, hidden_states: torch.Tensor, layer: Layer) -> tu
     return hidden_states, output_states
 
 
-def up_pass(block: nn.Module, hidden_states: torch.Tensor, res_hidden_states_tuple: tuple[torch.Tensor, ...], layer: Layer,
+def up_pass(block: nn.Module, hidden_states: torch.Tensor, res_hidden_states_tuple: tuple[torch.Tensor, ...], stages: Stages,
             upsample_size=None) -> torch.Tensor:
-    """Per layer: pop the matching skip (last first), FreeU if the block has its factors, concatenate, run the layer;
-    then the upsampler."""
+    """Per layer: pop the matching skip (last first), FreeU if the block has its factors, concatenate, run the layer's
+    two stages; then the upsampler."""
+    first, rest = stages
     s1, s2, b1, b2 = (getattr(block, name, None) for name in ("s1", "s2", "b1", "b2"))
     freeu = s1 and s2 and b1 and b2
     for i in range(len(block.resnets)):
@@ -95,8 +99,9 @@ def up_pass(block: nn.Module, hidden_states: torch.Tensor, res_hidden_states_tup
         if freeu:
             hidden_states, res_hidden_states = apply_freeu(block.resolution_idx, hidden_states, res_hidden_states,
                                                            s1=s1, s2=s2, b1=b1, b2=b2)
-        hidden_states = torch.cat([hidden_states, res_hidden_states], dim=1)  # b (c+skip) h w
-        hidden_states = layer(i, hidden_states)
+        # b (c+skip) h w, passed without a name here: it is freed when the first stage returns
+        hidden_states = first(i, torch.cat([hidden_states, res_hidden_states], dim=1))
+        hidden_states = rest(i, hidden_states)
     if block.upsamplers is not None:
         for upsampler in block.upsamplers:
             hidden_states = upsampler(hidden_states, upsample_size)
