@@ -651,3 +651,83 @@ def test_assign_state_dict_matches_load_state_dict_and_respects_load_hooks():
     hooked._register_load_state_dict_pre_hook(lambda *a, **k: seen.append(1))
     assign_state_dict(hooked, {"weight": state["0.weight"], "bias": state["0.bias"]})  # through load_state_dict
     assert seen and torch.equal(hooked.weight, state["0.weight"])
+
+
+# ---------------------------------------------------------------------------------------------- CLIP encoders
+def _clip_folders(tmp_path):
+    from tiny import clip_text_encoder, clip_vision_encoder
+
+    folders = {}
+    for name, model in (("text", clip_text_encoder()), ("vision", clip_vision_encoder())):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)  # not the init values: loading must carry them
+        model.save_pretrained(tmp_path / name)
+        folders[name] = (type(model), tmp_path / name)
+    return folders
+
+
+def test_clip_encoders_load_as_transformers_loads_them(tmp_path):
+    """loading.clip.load_clip returns what transformers' from_pretrained returns: same class, config, tensors and
+    buffers (position_ids), eval mode, trainable parameters, identical outputs."""
+    from vidiff.loading.clip import load_clip
+
+    for name, (cls, folder) in _clip_folders(tmp_path).items():
+        fast, ref = load_clip(cls, folder), cls.from_pretrained(folder)
+        assert type(fast) is type(ref) and not fast.training
+        assert fast.config.to_dict() == ref.config.to_dict()
+        a, b = fast.state_dict(), ref.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert dict(fast.named_buffers()).keys() == dict(ref.named_buffers()).keys()
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(fast.named_buffers(), ref.named_buffers()))
+        assert all(p.requires_grad for p in fast.parameters())
+        if name == "text":
+            inputs = dict(input_ids=torch.randint(0, ref.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0)))
+        else:
+            inputs = dict(pixel_values=torch.randn(1, 3, ref.config.image_size, ref.config.image_size, generator=torch.Generator().manual_seed(0)))
+        with torch.no_grad():
+            out_a, out_b = fast(**inputs), ref(**inputs)
+        for key in out_b.keys():
+            if torch.is_tensor(out_b[key]):
+                assert torch.equal(out_a[key], out_b[key]), key
+
+
+def test_clip_fast_path_leaves_other_cases_to_transformers(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModel
+
+    from vidiff.loading.clip import load_clip
+
+    cls, folder = _clip_folders(tmp_path)["text"]
+    assert load_clip(cls, folder) is not None
+    assert load_clip(cls, folder, torch_dtype=torch.bfloat16) is None  # dtype requests: transformers
+    assert load_clip(cls, folder, variant="fp16") is None
+    assert load_clip(type("CLIPTextModel", (torch.nn.Module,), {}), folder) is None  # not transformers' class
+    state = load_file(folder / "model.safetensors")
+    save_file({**state, "extra.weight": torch.zeros(1)}, folder / "model.safetensors")
+    assert load_clip(cls, folder) is None  # keys differ from the model's
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, folder / "model.safetensors")
+    assert load_clip(cls, folder) is None  # float16 file: transformers decides the dtype
+    save_file(state, folder / "model.safetensors")
+    (folder / "model.safetensors.index.json").write_text("{}")
+    assert load_clip(CLIPTextModel, folder) is None  # shards
+
+
+def test_pipelines_load_their_clip_encoders_without_transformers_loader(tmp_path, monkeypatch):
+    """A diffusers folder's text encoder (T2V) and image encoder (SVD) come from the fast path: their
+    from_pretrained is never called; the frames are checked against the reference in the pipeline tests."""
+    import transformers
+
+    import vidiff
+    from tiny import ref_svd_pipeline, ref_t2v_pipeline, save_ref_pipeline
+
+    t2v = save_ref_pipeline(ref_t2v_pipeline(tmp_path), tmp_path / "t2v")
+    svd = save_ref_pipeline(ref_svd_pipeline(), tmp_path / "svd")
+
+    def refuse(*a, **k):
+        raise AssertionError("transformers' from_pretrained was called")
+
+    for name in ("CLIPTextModel", "CLIPVisionModelWithProjection"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", classmethod(refuse))
+    assert isinstance(vidiff.TextToVideoSDPipeline.from_pretrained(t2v).text_encoder, transformers.CLIPTextModel)
+    assert isinstance(vidiff.StableVideoDiffusionPipeline.from_pretrained(svd).image_encoder, transformers.CLIPVisionModelWithProjection)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..configuration import DIFFUSERS_FORMAT_VERSION, ConfigError, read_json, write_json_atomic
+from .clip import load_clip
 
 logger = logging.getLogger("vidiff")
 
@@ -164,6 +165,9 @@ def _load_transformers(sub: Path, class_name: str, torch_dtype, variant) -> Any:
         raise ConfigError(f"component folder {sub} is missing")
     if not issubclass(cls, torch.nn.Module):  # tokenizers, image processors
         return cls.from_pretrained(sub)
+    fast = load_clip(cls, sub, torch_dtype, variant)
+    if fast is not None:
+        return fast
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
