@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..runtime.guidance import denoise
+from ..runtime.guidance import run_denoiser
 from ..runtime.memory import release_free_memory
 from ..runtime.random import randn_tensor
 from .base import cfg_combine
@@ -46,7 +46,7 @@ def text_guided_step(pipe, guidance_scale: float, do_cfg: bool, cross_attention_
         per_frame, per_video = state.get(PER_VIDEO_TEXT, (None, None))
         if per_frame is text:
             text = per_video
-        noise_pred = denoise(pipe.unet, x, t, guided=do_cfg, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs)
+        noise_pred = run_denoiser(pipe.unet, x, t, guided=do_cfg, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs)
         if do_cfg:
             noise_pred = cfg_combine(noise_pred, guidance_scale)
         return scheduler_step(noise_pred, t, latents)

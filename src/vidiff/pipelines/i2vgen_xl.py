@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 
 from ..media.frames import to_pil_frames
-from ..runtime.guidance import denoise
+from ..runtime.guidance import run_denoiser
 from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
 from .common import (
     VideoStagesMixin,
@@ -156,9 +156,9 @@ class I2VGenXLPipeline(VideoStagesMixin, DiffusionPipeline):
         def step(i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
             latents = state["latents"]
             x = self.scheduler.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
-            noise_pred = denoise(self.unet, x, t, guided=do_cfg, encoder_hidden_states=state["prompt_embeds"], fps=fps,
-                                 image_latents=state["image_latents"], image_embeddings=state["image_embeddings"],
-                                 cross_attention_kwargs=cross_attention_kwargs)
+            noise_pred = run_denoiser(self.unet, x, t, guided=do_cfg, encoder_hidden_states=state["prompt_embeds"], fps=fps,
+                                      image_latents=state["image_latents"], image_embeddings=state["image_embeddings"],
+                                      cross_attention_kwargs=cross_attention_kwargs)
             if do_cfg:
                 noise_pred = cfg_combine(noise_pred, scale)
             return scheduler_step_frames(self.scheduler, noise_pred, t, latents, step_kwargs)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runtime.guidance import denoise
+from ..runtime.guidance import run_denoiser
 from ..runtime.memory import release_free_memory
 from ..runtime.random import randn_tensor
 from .base import DiffusionPipeline, cfg_combine, check_generator, check_guidance, check_latents, check_positive_int, check_size
@@ -158,7 +158,7 @@ class StableVideoDiffusionPipeline(DiffusionPipeline):
             latents = state["latents"]
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = torch.cat([self.scheduler.scale_model_input(x, t), image_latents], dim=2)  # b f 2c h w
-            noise_pred = denoise(self.unet, x, t, guided=do_cfg, encoder_hidden_states=image_embeds, added_time_ids=added_time_ids)
+            noise_pred = run_denoiser(self.unet, x, t, guided=do_cfg, encoder_hidden_states=image_embeds, added_time_ids=added_time_ids)
             if do_cfg:
                 noise_pred = cfg_combine(noise_pred, guidance)
             return self.scheduler.step(noise_pred, t, latents).prev_sample

@@ -2,10 +2,10 @@
 
 Classifier-free guidance doubles the denoiser's batch, and with it every activation of the forward. Once the
 batch is large (SVD at 256x256 with 8 frames: 16 frames of 64x64 latents, activations of 16 MiB per tensor at the
-outer blocks), :func:`denoise` calls the model on the unconditional and the conditional half in turn and stacks
+outer blocks), :func:`run_denoiser` calls the model on the unconditional and the conditional half in turn and stacks
 the two outputs: each sample's arithmetic is unchanged (the blocks act on each batch row alone; differences
 around 1e-6 from the matrix-product kernels' blocking), the activations' peak halves, and at that size a call's
-fixed overhead is negligible (SVD svd-mid-256 step: same time). Small calls (fewer than
+fixed overhead is negligible (svd-mid-256 step: no slower). Small calls (fewer than
 :data:`SPLIT_MIN_POSITIONS` latent positions, batch x frames x height x width) run as one batch, as before.
 Set ``vidiff.runtime.guidance.SPLIT_MIN_POSITIONS`` to 0 to always split, or to ``None`` to never split.
 """
@@ -20,14 +20,14 @@ SPLIT_MIN_POSITIONS: int | None = 1 << 14  # e.g. 2 x 8 frames x 32 x 32 latents
 
 
 def split_batch(model: Any, sample: torch.Tensor, guided: bool) -> bool:
-    """Whether :func:`denoise` runs this guidance batch as two halves."""
+    """Whether :func:`run_denoiser` runs this guidance batch as two halves."""
     channels = getattr(getattr(model, "config", None), "in_channels", None)
     if not guided or SPLIT_MIN_POSITIONS is None or not channels or sample.shape[0] % 2:
         return False
     return sample.numel() // channels >= SPLIT_MIN_POSITIONS
 
 
-def denoise(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwargs) -> torch.Tensor:
+def run_denoiser(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwargs) -> torch.Tensor:
     """``model(sample, *args, **kwargs, return_dict=False)[0]``; with ``guided`` (sample = [uncond, cond]) and a
     large batch, as two calls on the halves of every argument whose rows follow the sample's (tensors, or tuples,
     lists and dicts of them): a first axis of the sample's batch, or a multiple of it (per-frame text, (2 b f) rows
