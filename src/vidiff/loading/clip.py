@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .checkpoint import assign_state_dict, build_on_meta
+from .weights import load_state_dict, read_tensor_shapes
 
 FAST_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel", "CLIPVisionModelWithProjection")
 
@@ -28,18 +29,17 @@ def load_clip(cls: type, folder: Path, torch_dtype=None, variant: str | None = N
     if (cls.__name__ not in FAST_CLASSES or cls.__module__.split(".")[0] != "transformers" or torch_dtype is not None
             or variant is not None or not weights.is_file() or (folder / "model.safetensors.index.json").exists()):
         return None
-    from safetensors.torch import load_file
-
     config = cls.config_class.from_pretrained(folder)
     if getattr(config, "dtype", None) not in (None, torch.float32, "float32"):
         return None
-    state = load_file(weights)
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in state.values()):
+    specs = read_tensor_shapes(weights)  # the header only: a file that does not fit is not read
+    if any(spec.dtype is None or (spec.dtype.is_floating_point and spec.dtype != torch.float32) for spec in specs.values()):
         return None
     model = build_on_meta(cls, config)
     expected = model.state_dict()
-    if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in state):
+    if set(expected) != set(specs) or any(tuple(expected[k].shape) != spec.shape for k, spec in specs.items()):
         return None
+    state = load_state_dict(weights)
     assign_state_dict(model, state)
     for module in model.modules():  # non-persistent buffers: not in the file, built on meta
         for name, buf in list(module._buffers.items()):

@@ -1,8 +1,8 @@
 """Guidance batches: a large [uncond, cond] denoiser call runs as two half-batch calls.
 
 Classifier-free guidance doubles the denoiser's batch, and with it every activation of the forward. Once the
-batch is large (SVD at 256x256 with 8 frames: 16 frames of 64x64 latents, activations of 16 MiB per tensor at the
-outer blocks), :func:`run_denoiser` calls the model on the unconditional and the conditional half in turn and stacks
+batch is large (the svd-mid-256 bench case: 2 x 8 frames of 64x64 latents, activations of 16 MiB per tensor at
+the outer blocks), :func:`run_denoiser` calls the model on the unconditional and the conditional half in turn and stacks
 the two outputs: each sample's arithmetic is unchanged (the blocks act on each batch row alone; differences
 around 1e-6 from the matrix-product kernels' blocking), the activations' peak halves, and at that size a call's
 fixed overhead is negligible (svd-mid-256 step: no slower). Small calls (fewer than
