@@ -198,9 +198,15 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
         import diffusers as lib_mod
     kind = spec["kind"]
     getattr(lib_mod, PIPELINES[kind]), getattr(lib_mod, "MotionAdapter")  # both libraries import these lazily: not load time
-    # the reference imports transformers' CLIP with its pipeline module, vidiff on first use: import it here in both
-    # so that load_s is from_pretrained alone; import_s is the import cost (cold start = import_s + load_s)
+    # the reference imports its component classes and transformers' CLIP with its pipeline module, vidiff on first
+    # use: import them here in both so that load_s is from_pretrained alone; import_s is the import cost (cold start
+    # = import_s + load_s)
     from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection  # noqa: F401
+
+    index = json.loads(((folder / "sd") if kind == "animatediff" else folder).joinpath("model_index.json").read_text())
+    for entry in index.values():
+        if isinstance(entry, list) and entry[0] == "diffusers":
+            getattr(lib_mod, entry[1], None)
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -731,3 +731,31 @@ def test_pipelines_load_their_clip_encoders_without_transformers_loader(tmp_path
         monkeypatch.setattr(getattr(transformers, name), "from_pretrained", classmethod(refuse))
     assert isinstance(vidiff.TextToVideoSDPipeline.from_pretrained(t2v).text_encoder, transformers.CLIPTextModel)
     assert isinstance(vidiff.StableVideoDiffusionPipeline.from_pretrained(svd).image_encoder, transformers.CLIPVisionModelWithProjection)
+
+
+def test_load_into_model_takes_supplied_tensors_beside_the_files(tmp_path):
+    """Tensors from elsewhere (AnimateDiff's motion modules) are checked with the files' keys and copied in with
+    the files' dtype rule; a key in both, or in neither, is an error naming it."""
+    from vidiff.loading.checkpoint import build_on_meta, load_into_model
+
+    def build():
+        return build_on_meta(nn.Sequential, nn.Linear(3, 4), nn.Linear(4, 2))
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    state = source.state_dict()
+    save_file({"0.weight": state["0.weight"], "0.bias": state["0.bias"], "extra.x": torch.zeros(1)}, tmp_path / "w.safetensors")
+    files = [tmp_path / "w.safetensors"]
+    supplied = {"1.weight": state["1.weight"], "1.bias": state["1.bias"]}
+    for dtype in (None, torch.float16):
+        model = build()
+        load_into_model(model, files, torch_dtype=dtype, supplied=supplied, ignore_unexpected=[r"^extra\."])
+        want = torch.float16 if dtype else torch.float32
+        assert all(t.dtype == want and torch.equal(t, state[k].to(want)) for k, t in model.state_dict().items())
+        assert model[1].weight.data_ptr() != supplied["1.weight"].data_ptr() and isinstance(model[1].weight, nn.Parameter)
+    with pytest.raises(CheckpointError, match="extra.x"):
+        load_into_model(build(), files, supplied=supplied)
+    with pytest.raises(CheckpointError, match=r"1\.bias"):
+        load_into_model(build(), files, supplied={"1.weight": state["1.weight"]}, ignore_unexpected=[r"^extra\."])
+    with pytest.raises(CheckpointError, match=r"0\.bias.*both"):
+        load_into_model(build(), files, supplied={**supplied, "0.bias": state["0.bias"]}, ignore_unexpected=[r"^extra\."])

@@ -148,6 +148,66 @@ def test_sd_folder_with_adapter_loads_with_reference_weights(pair):
     assert ours.feature_extractor is not None and ours.image_encoder is None
 
 
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_sd_folder_loads_straight_into_the_motion_unet(folders, monkeypatch, dtype):
+    """With motion_adapter= the SD folder's UNet is read into the motion UNet directly: the same model as
+    from_unet2d(UNet2DConditionModel.from_pretrained(...), adapter), without building the 2-D UNet."""
+    from vidiff.models.unet_motion import UNetMotionModel
+
+    sd, adapter_folder = folders
+    adapter = vidiff.MotionAdapter.from_pretrained(adapter_folder)
+    expected = UNetMotionModel.from_unet2d(vidiff.UNet2DConditionModel.from_pretrained(sd, subfolder="unet", torch_dtype=dtype), adapter)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the 2-D UNet was built")
+
+    monkeypatch.setattr(vidiff.UNet2DConditionModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(UNetMotionModel, "from_unet2d", classmethod(refuse))
+    pipe = vidiff.AnimateDiffPipeline.from_pretrained(sd, motion_adapter=adapter, torch_dtype=dtype)
+    got, want = pipe.unet.state_dict(), expected.state_dict()
+    assert type(pipe.unet) is UNetMotionModel and not pipe.unet.training
+    assert dict(pipe.unet.config) == dict(expected.config)
+    assert list(got) == list(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    assert {p.requires_grad for p in pipe.unet.parameters()} == {True}
+    # the adapter's tensors are copied, as from_unet2d copies them: the two modules do not share storage
+    adapter_ptrs = {t.data_ptr() for t in adapter.state_dict().values()}
+    assert not adapter_ptrs & {t.data_ptr() for t in got.values()}
+
+
+def test_motion_unet_from_a_folder_that_does_not_fit_names_the_keys(folders, tmp_path):
+    from vidiff.loading.errors import CheckpointError
+    from vidiff.loading.weights import load_state_dict, save_state_dict
+
+    sd, adapter_folder = folders
+    broken = tmp_path / "sd"
+    import shutil
+
+    shutil.copytree(sd, broken)
+    state = load_state_dict(broken / "unet" / "diffusion_pytorch_model.safetensors")
+    del state["conv_out.bias"]
+    save_state_dict(state, broken / "unet")
+    with pytest.raises(CheckpointError, match=r"conv_out\.bias"):
+        vidiff.AnimateDiffPipeline.from_pretrained(broken, motion_adapter=vidiff.MotionAdapter.from_pretrained(adapter_folder))
+
+
+def test_pia_adapter_goes_through_from_unet2d(folders, monkeypatch):
+    """An adapter with its own input convolution (PIA) mixes the UNet's conv_in with its own: from_unet2d does it."""
+    from vidiff.models.unet_motion import UNetMotionModel
+
+    sd, _ = folders
+    torch.manual_seed(2)
+    adapter = vidiff.MotionAdapter(**ADAPTER, conv_in_channels=9)
+    calls = []
+    original = UNetMotionModel.from_unet2d.__func__
+    monkeypatch.setattr(UNetMotionModel, "from_unet2d", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    pipe = vidiff.AnimateDiffPipeline.from_pretrained(sd, motion_adapter=adapter)
+    unet_2d = vidiff.UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    assert calls == [1] and pipe.unet.conv_in.weight.shape[1] == 9
+    assert torch.equal(pipe.unet.conv_in.weight[:, :4], unet_2d.conv_in.weight)
+    assert torch.equal(pipe.unet.conv_in.weight[:, 4:], adapter.conv_in.weight[:, 4:])
+
+
 def test_save_pretrained_folders_load_in_the_other_library(pair, tmp_path):
     import diffusers
 

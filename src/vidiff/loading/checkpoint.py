@@ -197,6 +197,8 @@ def load_into_model(
     torch_dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
     source: str = "the checkpoint",
+    supplied: Mapping[str, torch.Tensor] | None = None,
+    ignore_unexpected: Iterable[str] = (),
 ) -> None:
     """Check, read and assign a checkpoint into a module built on the meta device.
 
@@ -204,13 +206,22 @@ def load_into_model(
     renames old checkpoint keys in place; ``_keys_to_ignore_on_load_unexpected`` (regexes) lists
     checkpoint keys to drop silently; ``_keep_in_fp32_modules`` names modules kept in float32;
     ``_init_non_persistent_buffers()`` re-creates buffers that are not in any checkpoint.
+
+    ``supplied`` (model key -> tensor) provides the model's tensors that are not in the files (an AnimateDiff
+    UNet's motion modules, from the adapter): checked with the files' keys, copied with the files' dtype rule.
+    ``ignore_unexpected`` adds regexes of file keys to drop.
     """
     specs = read_tensor_shapes(files, allow_pickle=allow_pickle)
     rename = checkpoint_key_map(model, list(specs))
+    supplied = dict(supplied or {})
     model_tensors = model.state_dict(keep_vars=True)
     found = {rename[k]: s.shape for k, s in specs.items()}
+    both = sorted(found.keys() & supplied.keys())
+    if both:
+        raise CheckpointError(f"{type(model).__name__}: {both[:5]} are both in {source} and supplied; each tensor needs one source")
+    found.update((k, tuple(t.shape)) for k, t in supplied.items())
     expected = {k: tuple(t.shape) for k, t in model_tensors.items()}
-    ignore = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()
+    ignore = [*(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()), *ignore_unexpected]
     missing, unexpected, mismatched = compare_keys(expected, found, ignore)
     if missing or unexpected or mismatched:
         raise CheckpointError(key_report(type(model).__name__, source, missing, unexpected, mismatched))
@@ -218,6 +229,10 @@ def load_into_model(
     dtypes = target_dtypes(specs, rename, model_tensors, torch_dtype, keep)
     state = load_state_dict(files, dtype=dtypes, allow_pickle=allow_pickle)
     state = {rename[k]: t for k, t in state.items() if rename[k] in model_tensors}
+    cast = target_dtypes({k: TensorSpec(tuple(t.shape), t.dtype) for k, t in supplied.items()}, {k: k for k in supplied},
+                         model_tensors, torch_dtype, keep)
+    for key, tensor in supplied.items():
+        state[key] = tensor.detach().to(device="cpu", dtype=cast.get(key, tensor.dtype), copy=True)
     assign_state_dict(model, state)
     del state
     materialize_leftovers(model, torch_dtype, keep)

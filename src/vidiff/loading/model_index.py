@@ -123,7 +123,9 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, **kwargs: Any):
                 raise ConfigError(f"{folder}/model_index.json has no component {name!r}, which {pipe_cls.__name__} needs; pass {name}=... to from_pretrained")
             components[name] = None
             continue
-        components[name] = load_component(folder, name, entry, torch_dtype=torch_dtype, variant=variant, use_safetensors=use_safetensors, allow_pickle=allow_pickle)
+        components[name] = pipe_cls._load_component(folder, name, entry, overrides, torch_dtype=torch_dtype,
+                                                    variant=_component_variant(folder / name, variant),
+                                                    use_safetensors=use_safetensors, allow_pickle=allow_pickle)
     pipe = pipe_cls(**components)
     pipe._name_or_path = str(name_or_path)
     return pipe
@@ -134,12 +136,16 @@ def _required(pipe_cls: type, name: str) -> bool:
     return param is not None and param.default is inspect.Parameter.empty
 
 
-def load_component(folder: Path, name: str, entry: list, *, torch_dtype, variant, use_safetensors, allow_pickle) -> Any:
+def check_entry(folder: Path, name: str, entry: Any) -> tuple[str, str]:
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ConfigError(f"{folder}/model_index.json: entry for {name!r} must be [library, class name], got {entry!r}")
-    library, class_name = entry
+    return entry[0], entry[1]
+
+
+def load_component(folder: Path, name: str, entry: list, *, torch_dtype, variant, use_safetensors, allow_pickle) -> Any:
+    """Component ``name`` of a pipeline folder as model_index.json names it (``variant``: already resolved for it)."""
+    library, class_name = check_entry(folder, name, entry)
     sub = folder / name
-    variant = _component_variant(sub, variant)
     if library in _TRANSFORMERS_LIBS:
         return _load_transformers(sub, class_name, torch_dtype, variant)
     cls = _vidiff_class(class_name)

@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,31 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         return model.to(device=unet.device, dtype=unet.dtype).train(unet.training)  # eval when unet is (loaded: it is)
 
     @classmethod
+    def from_unet2d_pretrained(cls, pretrained_model_name_or_path: str | Path, motion_adapter: MotionAdapter, subfolder: str | None = None,
+                               torch_dtype: torch.dtype | None = None, variant: str | None = None, use_safetensors: bool | None = None,
+                               allow_pickle: bool = False, **hub_kwargs: Any) -> "UNetMotionModel":
+        """``from_unet2d(UNet2DConditionModel.from_pretrained(path, subfolder, ...), motion_adapter)`` without building
+        the 2-D UNet: the motion UNet is built on the meta device from the folder's config and the adapter's, the
+        folder's weights are read into it and the adapter's motion modules copied in. Same model, tensors and
+        dtypes; the load costs one module build and one read of the files (AnimateDiff's from_pretrained uses it).
+        Adapters with their own input convolution (PIA) go through ``from_unet2d``."""
+        from ..loading.checkpoint import build_on_meta, load_into_model, resolve_weight_files
+        from .modeling import _check_dtype
+        from .unet_2d_condition import UNet2DConditionModel
+
+        if not isinstance(motion_adapter, MotionAdapter) or motion_adapter.conv_in is not None:
+            raise ValueError("from_unet2d_pretrained needs a MotionAdapter without conv_in; use from_unet2d for PIA adapters or none")
+        torch_dtype = _check_dtype(torch_dtype)
+        config_2d = UNet2DConditionModel._config_for_loading(UNet2DConditionModel.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs), {})
+        model = build_on_meta(cls, cls._config_from_unet2d(config_2d, motion_adapter.config))
+        files = resolve_weight_files(pretrained_model_name_or_path, subfolder, prefix=UNet2DConditionModel._weights_prefix, variant=variant,
+                                     use_safetensors=use_safetensors, allow_pickle=allow_pickle, **hub_kwargs)
+        motion = {k: v for k, v in motion_adapter.state_dict().items() if ".motion_modules." in k}
+        load_into_model(model, files, torch_dtype=torch_dtype, allow_pickle=allow_pickle, source=f"{files[0].parent} + the motion adapter",
+                        supplied=motion, ignore_unexpected=["^" + re.escape(p) for p in _UNET2D_ONLY])
+        return model.eval()
+
+    @classmethod
     def _config_from_unet2d(cls, unet_config, adapter_config) -> dict[str, Any]:
         config = dict(unet_config)
         config["down_block_types"] = ["CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion" for t in config["down_block_types"]]
@@ -418,10 +444,12 @@ def _check_adapter(unet_config: dict[str, Any], adapter_config) -> None:
                          f"adapter {adapter_layers}.")
 
 
+_UNET2D_ONLY = ("class_embedding.", "encoder_hid_proj.")  # 2-D features the motion UNet does not have (dropped, as the reference does)
+
+
 def _weights_from(unet: nn.Module, adapter: MotionAdapter | None) -> dict[str, torch.Tensor]:
     """The motion UNet's tensors: the 2-D UNet's (same names) plus the adapter's motion modules (same names)."""
-    skip = ("class_embedding.", "encoder_hid_proj.")  # 2-D features the motion UNet does not have (dropped, as the reference does)
-    weights = {k: v for k, v in unet.state_dict().items() if not k.startswith(skip)}
+    weights = {k: v for k, v in unet.state_dict().items() if not k.startswith(_UNET2D_ONLY)}
     if adapter is None:
         return weights
     weights.update((k, v) for k, v in adapter.state_dict().items() if ".motion_modules." in k)

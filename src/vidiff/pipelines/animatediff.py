@@ -24,7 +24,7 @@ import torch
 
 from ..loading.lora import StableDiffusionLoraLoaderMixin
 from ..models.unet_2d_condition import UNet2DConditionModel
-from ..models.unet_motion import UNetMotionModel
+from ..models.unet_motion import MotionAdapter, UNetMotionModel
 from ..runtime.random import randn_tensor
 from .base import (
     DiffusionPipeline,
@@ -75,6 +75,16 @@ class _AnimateDiffBase(PromptEncoderMixin, VideoStagesMixin, DiffusionPipeline, 
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=motion_adapter,
                               scheduler=scheduler, feature_extractor=feature_extractor, image_encoder=image_encoder)
         self.vae_scale_factor = vae_scale_factor(vae)
+
+    @classmethod
+    def _load_component(cls, folder, name, entry, passed, **kwargs):
+        """An SD folder's 2-D UNet with ``motion_adapter=`` given loads straight into the motion UNet (one build, one
+        read); __init__ then takes it as it is."""
+        adapter = passed.get("motion_adapter")
+        if name == "unet" and isinstance(entry, list) and entry[-1] == "UNet2DConditionModel" and isinstance(adapter, MotionAdapter) \
+                and adapter.conv_in is None:
+            return UNetMotionModel.from_unet2d_pretrained(folder, adapter, subfolder=name, **kwargs)
+        return super()._load_component(folder, name, entry, passed, **kwargs)
 
     # ----------------------------------------------------------------- stages
     def text_conditioning(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_videos_per_prompt,

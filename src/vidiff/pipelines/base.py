@@ -80,6 +80,14 @@ class DiffusionPipeline:
 
         return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
+    @classmethod
+    def _load_component(cls, folder: Path, name: str, entry: list, passed: dict[str, Any], **kwargs: Any) -> Any:
+        """Load component ``name`` of ``folder`` (``entry``: its model_index.json [library, class]); ``passed``: the
+        components given to from_pretrained. A pipeline overrides this to load a component its own way."""
+        from ..loading.model_index import load_component
+
+        return load_component(folder, name, entry, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, variant: str | None = None, **kwargs: Any) -> None:
         from ..loading.model_index import save_pipeline
 
