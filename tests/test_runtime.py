@@ -491,3 +491,80 @@ def test_up_blocks_free_the_concatenated_input_before_attention(folders, name):
             attn.register_forward_pre_hook(lambda m, a, key=(id(block), i): alive.append(inputs[key]() is not None))
     _run(pipe, name)
     assert alive and not any(alive), alive
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline"])
+def test_decoder_up_blocks_free_their_input_after_the_first_resnet(folders, name):
+    """The VAE decoders run their up blocks step by step (vae_blocks.block_steps): a block's input (the previous
+    block's upsampled map) is gone when the block's second resnet starts, not held until the block returns."""
+    import weakref
+
+    pipe = _load(folders, name)
+    inputs, alive = {}, []
+    for block in pipe.vae.decoder.up_blocks:
+        first, second = block.resnets[0], block.resnets[1]
+        first.register_forward_pre_hook(lambda m, a, k, b=block: inputs.__setitem__(id(b), weakref.ref(a[0] if a else k["input_tensor"])),
+                                        with_kwargs=True)
+        second.register_forward_pre_hook(lambda m, a, b=block: alive.append(inputs[id(b)]() is not None))
+    _run(pipe, name)
+    assert alive and not any(alive), alive
+
+
+def test_decoders_free_memory_before_large_up_blocks_only(monkeypatch):
+    """release_free_memory runs before a decoder up block whose input reaches LARGE_BYTES, and not for small ones."""
+    from vidiff.runtime import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+    torch.manual_seed(0)
+    vae = vidiff.AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                               up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, layers_per_block=1).eval()
+    with torch.no_grad():
+        vae.decode(torch.randn(1, 4, 8, 8))
+        assert calls == []
+        monkeypatch.setattr(memory, "LARGE_BYTES", 32 * 8 * 8 * 4)  # the first up block's input: 32 x 8 x 8 floats
+        vae.decode(torch.randn(1, 4, 8, 8))
+    assert calls == [1, 1]
+
+
+def test_in_place_helpers_keep_values_and_autograd():
+    """act_/add_ write into the caller's intermediate only where autograd does not record it; the values are those
+    of the out-of-place expressions, and gradients through a resnet and an alpha blend are unchanged."""
+    from vidiff.layers.spatio_temporal import AlphaBlender, SpatioTemporalResBlock
+    from vidiff.runtime.memory import act_, add_
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 4), torch.randn(3, 1)
+    with torch.no_grad():
+        a = x.clone()
+        assert act_(torch.nn.SiLU(), a) is a and torch.equal(a, torch.nn.functional.silu(x))
+        b = x.clone()
+        assert add_(b, y) is b and torch.equal(b, y + x)
+        c = x.clone()
+        assert add_(c, y.double()) is not c and add_(c, torch.randn(5, 2, 3, 4)).shape == (5, 2, 3, 4)  # dtype / shape change
+    g = x.clone().requires_grad_()
+    assert add_(g, y) is not g and act_(torch.nn.SiLU(), g) is not g
+
+    blender = AlphaBlender(0.3, "learned_with_images")
+    xs, xt, ind = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2), torch.zeros(2, 4)
+    with torch.no_grad():
+        want = blender(xs, xt, ind)
+        got = blender(xs.clone(), xt.clone(), ind, in_place=True)
+    assert torch.equal(got, want)
+
+    from diffusers.models.resnet import SpatioTemporalResBlock as RefSpatioTemporalResBlock
+
+    ours = SpatioTemporalResBlock(32, 32, temb_channels=16)
+    ref = RefSpatioTemporalResBlock(32, 32, temb_channels=16)
+    ref.load_state_dict(ours.state_dict())
+    h, temb = torch.randn(4, 32, 4, 4), torch.randn(4, 16)
+    outs = []
+    for block in (ours, ref):
+        hh = h.clone().requires_grad_()
+        out = block(hh, temb, image_only_indicator=torch.zeros(2, 2))
+        out.square().sum().backward()
+        outs.append((out.detach(), hh.grad, block.temporal_res_block.conv1.weight.grad))
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the reference convolves frames with Conv3d
+    with torch.no_grad():
+        assert torch.equal(ours(h, temb, image_only_indicator=torch.zeros(2, 2)), outs[0][0])  # in place = out of place

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.conv import Conv2d
+from ..runtime.memory import act_, add_, untracked
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -95,7 +96,8 @@ class ResnetBlock2D(nn.Module):
                                         bias=conv_shortcut_bias) if self.use_in_shortcut else None)
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-        hidden_states = self.nonlinearity(self.norm1(input_tensor))
+        # act_ / add_ work in place on the block's own intermediates where autograd allows (fewer maps alive)
+        hidden_states = act_(self.nonlinearity, self.norm1(input_tensor))
         if self.upsample is not None:
             if hidden_states.shape[0] >= 64:  # nearest upsampling fails on large non-contiguous batches
                 input_tensor, hidden_states = input_tensor.contiguous(), hidden_states.contiguous()
@@ -110,7 +112,7 @@ class ResnetBlock2D(nn.Module):
             temb = self.time_emb_proj(temb)[:, :, None, None]  # b c 1 1
         if self.time_embedding_norm == "default":
             if temb is not None:
-                hidden_states = hidden_states + temb
+                hidden_states = add_(hidden_states, temb)
             hidden_states = self.norm2(hidden_states)
         else:  # scale_shift (FiLM)
             if temb is None:
@@ -118,13 +120,15 @@ class ResnetBlock2D(nn.Module):
             time_scale, time_shift = torch.chunk(temb, 2, dim=1)
             hidden_states = self.norm2(hidden_states) * (1 + time_scale) + time_shift
 
-        hidden_states = self.conv2(self.dropout(self.nonlinearity(hidden_states)))
+        hidden_states = self.conv2(self.dropout(act_(self.nonlinearity, hidden_states)))
         if self.conv_shortcut is not None:
             if self.training:
                 input_tensor = input_tensor.contiguous()
             input_tensor = self.conv_shortcut(input_tensor)
-        out = input_tensor + hidden_states
-        return out / self.output_scale_factor if self.output_scale_factor != 1 else out
+        out = add_(hidden_states, input_tensor)
+        if self.output_scale_factor == 1:
+            return out
+        return out.div_(self.output_scale_factor) if untracked(out) else out / self.output_scale_factor
 
 
 def _channel_norm(norm_type: str | None, channels: int, eps, elementwise_affine) -> nn.Module | None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..runtime.layout import tokens_to_map
+from ..runtime.memory import act_, add_
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
 from .resnets import ResnetBlock2D
@@ -68,10 +69,16 @@ class AlphaBlender(nn.Module):
             return alpha.reshape(-1)[:, None, None]  # (b f) 1 1
         raise ValueError(f"AlphaBlender mixes 5-D (b c f h w) or 3-D ((b f) n c) tensors, got {ndims} dimensions")
 
-    def forward(self, x_spatial: torch.Tensor, x_temporal: torch.Tensor, image_only_indicator: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_spatial: torch.Tensor, x_temporal: torch.Tensor, image_only_indicator: torch.Tensor | None = None,
+                in_place: bool = False) -> torch.Tensor:
+        """``in_place=True`` (for callers that own both inputs and need neither after): the same products and sum
+        written into ``x_spatial`` when autograd does not record them."""
         alpha = self.get_alpha(image_only_indicator, x_spatial.ndim).to(x_spatial.dtype)
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
+        if in_place and not (torch.is_grad_enabled() and (x_spatial.requires_grad or x_temporal.requires_grad or alpha.requires_grad)) \
+                and x_spatial.shape == x_temporal.shape and x_spatial.dtype == x_temporal.dtype:
+            return x_spatial.mul_(alpha).add_(x_temporal.mul_(1.0 - alpha))
         return alpha * x_spatial + (1.0 - alpha) * x_temporal
 
 
@@ -96,14 +103,14 @@ class TemporalResnetBlock(nn.Module):
         self.conv_shortcut = FrameConv(in_channels, out_channels, kernel_size=1) if self.use_in_shortcut else None
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        hidden_states = self.conv1(self.nonlinearity(self.norm1(input_tensor)))  # b c f h w
+        hidden_states = self.conv1(act_(self.nonlinearity, self.norm1(input_tensor)))  # b c f h w
         if self.time_emb_proj is not None:
             temb = self.time_emb_proj(self.nonlinearity(temb))  # b f c
-            hidden_states = hidden_states + temb.permute(0, 2, 1)[:, :, :, None, None]  # + b c f 1 1
-        hidden_states = self.conv2(self.dropout(self.nonlinearity(self.norm2(hidden_states))))
+            hidden_states = add_(hidden_states, temb.permute(0, 2, 1)[:, :, :, None, None])  # + b c f 1 1
+        hidden_states = self.conv2(self.dropout(act_(self.nonlinearity, self.norm2(hidden_states))))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        return input_tensor + hidden_states
+        return add_(hidden_states, input_tensor)
 
 
 class SpatioTemporalResBlock(nn.Module):
@@ -126,7 +133,7 @@ class SpatioTemporalResBlock(nn.Module):
         if temb is not None:
             temb = temb.reshape(hidden_states.shape[0], num_frames, -1)  # b f d
         temporal = self.temporal_res_block(hidden_states, temb)
-        hidden_states = self.time_mixer(x_spatial=hidden_states, x_temporal=temporal, image_only_indicator=image_only_indicator)
+        hidden_states = self.time_mixer(x_spatial=hidden_states, x_temporal=temporal, image_only_indicator=image_only_indicator, in_place=True)
         return fold_frames(hidden_states)  # (b f) c h w
 
 
@@ -244,10 +251,10 @@ class TransformerSpatioTemporalModel(nn.Module):
         for block, temporal_block in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             x = _maybe_checkpoint(self, block, x, None, encoder_hidden_states, None)
             x_mix = temporal_block(x + frame_emb, num_frames=num_frames, encoder_hidden_states=time_context)
-            x = self.time_mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
+            x = self.time_mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator, in_place=True)
 
         x = tokens_to_map(self.proj_out(x), h, w, like=residual)  # (b f) c h w
-        out = x + residual
+        out = add_(x, residual)
         return TransformerTemporalModelOutput(sample=out) if return_dict else (out,)
 
 

@@ -16,17 +16,22 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..runtime.memory import release_free_memory_before
 from ..runtime.random import randn_tensor
 from .attention import Attention
 from .resnets import ResnetBlock2D
 from .unet_passes import downsamplers, upsamplers
+
+Step = Callable[[torch.Tensor], torch.Tensor]
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +89,13 @@ class UpDecoderBlock2D(nn.Module):
         self.upsamplers = upsamplers(out_channels, add_upsample)
         self.resolution_idx = resolution_idx
 
+    def steps(self, temb: torch.Tensor | None = None) -> list[Step]:
+        """The block as one-argument steps: its resnets, then the upsampler (see :func:`block_steps`)."""
+        return [functools.partial(resnet, temb=temb) for resnet in self.resnets] + list(self.upsamplers or ())
+
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, temb=temb)
-        for upsampler in self.upsamplers or ():
-            hidden_states = upsampler(hidden_states)
+        for step in self.steps(temb):
+            hidden_states = step(hidden_states)
         return hidden_states
 
 
@@ -131,6 +138,19 @@ def _maybe_checkpoint(owner: nn.Module, fn: nn.Module, *args):
     if torch.is_grad_enabled() and owner.gradient_checkpointing:
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+def block_steps(owner: nn.Module, block: nn.Module, *args) -> list[Step]:
+    """A decoder up block as the steps its decoder runs in turn (``for step in ...: sample = step(sample)``).
+
+    Called as one module, a block's input stays alive until the block returns (its caller holds it), though only
+    the first resnet reads it: in a decoder that input is the previous block's upsampled map, the largest of the
+    block. Run step by step from the decoder's own loop, each step's input is freed when the next step starts
+    (SVD's decoder at 256x256: 32 MiB less at the peak). With gradient checkpointing the block stays one step.
+    """
+    if torch.is_grad_enabled() and owner.gradient_checkpointing:
+        return [lambda x: checkpoint(block, x, *args, use_reentrant=False)]
+    return block.steps(*args)
 
 
 _DOWN_BLOCKS = {"DownEncoderBlock2D": DownEncoderBlock2D}
@@ -216,7 +236,9 @@ class Decoder(nn.Module):
         sample = self.conv_in(sample)  # b c_last h w
         sample = _maybe_checkpoint(self, self.mid_block, sample)
         for up_block in self.up_blocks:
-            sample = _maybe_checkpoint(self, up_block, sample)
+            release_free_memory_before(sample)
+            for step in block_steps(self, up_block):
+                sample = step(sample)
         return self.conv_out(self.conv_act(self.conv_norm_out(sample)))  # b out H W
 
 

@@ -14,6 +14,7 @@ each run of ``num_frames`` consecutive latents as one video. Keys: ``encoder``, 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ from ..layers.attention import Attention, AttentionProcessorMixin
 from ..layers.spatio_temporal import SpatioTemporalResBlock
 from ..layers.temporal import FrameConv
 from ..layers.unet_passes import upsamplers
-from ..layers.vae_blocks import DiagonalGaussianDistribution, Encoder, _maybe_checkpoint
+from ..layers.vae_blocks import DiagonalGaussianDistribution, Encoder, Step, _maybe_checkpoint, block_steps
+from ..runtime.memory import release_free_memory_before
 from .modeling import ModelMixin
 from .outputs import AutoencoderKLOutput, DecoderOutput
 
@@ -67,11 +69,13 @@ class UpBlockTemporalDecoder(nn.Module):
         self.resnets = nn.ModuleList(_decoder_resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers))
         self.upsamplers = upsamplers(out_channels, add_upsample)
 
+    def steps(self, image_only_indicator: torch.Tensor) -> list[Step]:
+        """The block as one-argument steps: its resnets, then the upsampler (see ``vae_blocks.block_steps``)."""
+        return [functools.partial(resnet, image_only_indicator=image_only_indicator) for resnet in self.resnets] + list(self.upsamplers or ())
+
     def forward(self, hidden_states: torch.Tensor, image_only_indicator: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, image_only_indicator=image_only_indicator)
-        for upsampler in self.upsamplers or ():
-            hidden_states = upsampler(hidden_states)
+        for step in self.steps(image_only_indicator):
+            hidden_states = step(hidden_states)
         return hidden_states
 
 
@@ -100,7 +104,9 @@ class TemporalDecoder(nn.Module):
         upscale_dtype = next(itertools.chain(self.up_blocks.parameters(), self.up_blocks.buffers())).dtype
         sample = _maybe_checkpoint(self, self.mid_block, sample, image_only_indicator).to(upscale_dtype)
         for up_block in self.up_blocks:
-            sample = _maybe_checkpoint(self, up_block, sample, image_only_indicator)
+            release_free_memory_before(sample)
+            for step in block_steps(self, up_block, image_only_indicator):
+                sample = step(sample)
         sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))  # (b f) c H W
 
         bf, c, h, w = sample.shape
