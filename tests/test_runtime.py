@@ -474,6 +474,51 @@ def test_split_guidance_batches_with_per_frame_text(folders, monkeypatch):
     assert seen[0] == CASES[name][1]["num_frames"], seen
 
 
+# ---------------------------------------------------------------------------------------------- shared prefix
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "I2VGenXLPipeline"])
+def test_guided_unet_runs_its_text_free_prefix_once(folders, name, monkeypatch):
+    """With guidance the UNet's conv_in + transformer_in (before any text) see one half of the [uncond, cond] batch,
+    whose halves are the same latents; the frames equal those of the whole-batch prefix."""
+    from vidiff.runtime import guidance
+
+    pipe = _load(folders, name)
+    rows = []
+    pipe.unet.transformer_in.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    frames = _run(pipe, name)
+    frames_per_video = CASES[name][1]["num_frames"]
+    assert calls and set(calls) == {2}, calls  # one video, guided: [uncond, cond] per UNet call
+    assert rows == [frames_per_video] * len(calls), rows  # (b f) rows of one half
+    rows.clear(), calls.clear()
+    monkeypatch.setattr(guidance, "once_for_equal_halves", lambda fn, *t: fn(*t))
+    import importlib
+
+    module = importlib.import_module(type(pipe.unet).__module__)
+    monkeypatch.setattr(module, "once_for_equal_halves", lambda fn, *t: fn(*t))
+    whole = _run(pipe, name)
+    assert rows == [2 * frames_per_video] * len(calls), rows  # the whole batch this time
+    np.testing.assert_allclose(frames, whole, rtol=0, atol=1e-5)
+
+
+def test_once_for_equal_halves_only_shares_equal_halves():
+    from vidiff.runtime.guidance import once_for_equal_halves
+
+    seen = []
+
+    def fn(x, y):
+        seen.append(x.shape[0])
+        return torch.cat([x, y], dim=1) * 2
+
+    a, b = torch.randn(1, 3), torch.randn(1, 2)
+    out = once_for_equal_halves(fn, torch.cat([a, a]), torch.cat([b, b]))
+    assert seen == [1] and torch.equal(out, fn(torch.cat([a, a]), torch.cat([b, b])))
+    seen.clear()
+    once_for_equal_halves(fn, torch.cat([a, a]), torch.cat([b, b + 1]))  # second input differs: whole batch
+    once_for_equal_halves(fn, torch.randn(3, 3), torch.randn(3, 2))  # odd batch
+    assert seen == [2, 3]
+
+
 # ---------------------------------------------------------------------------------------------- up-block memory
 @pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline", "I2VGenXLPipeline"])
 def test_up_blocks_free_the_concatenated_input_before_attention(folders, name):

@@ -21,6 +21,7 @@ from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import ForwardChunkingMixin, TransformerTemporalModel
 from ..layers.unet_3d_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
 from ..layers.unet_passes import FreeUMixin
+from ..runtime.guidance import once_for_equal_halves
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 from .unet_2d_condition import UNetPassesMixin, check_video_sample
@@ -178,8 +179,11 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
         context = encoder_hidden_states  # b n d: one per video, shared by its frames (see attention.context_repeats)
 
-        x = self.conv_in(fold_frames(sample))  # (b f) c h w
-        x = self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+        def prefix(sample: torch.Tensor) -> torch.Tensor:  # before the text: the same for [uncond, cond] halves
+            x = self.conv_in(fold_frames(sample))  # (b f) c h w
+            return self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        x = once_for_equal_halves(prefix, sample)
         cond = dict(encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs)
         x, skips = self._down(x, emb, cond, num_frames)
         skips = self._add_skip_residuals(skips, down_block_additional_residuals)

@@ -28,6 +28,7 @@ from ..layers.resnets import get_activation
 from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import FeedForward, ForwardChunkingMixin, TransformerTemporalModel
 from ..layers.unet_passes import FreeUMixin
+from ..runtime.guidance import once_for_equal_halves
 from .modeling import ModelMixin
 from .unet_2d_condition import UNetPassesMixin, check_video_sample
 from .unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput, build_3d_blocks
@@ -183,9 +184,12 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         emb = emb.repeat_interleave(num_frames, dim=0, output_size=batch * num_frames)  # (b f) d
         context = self._context(encoder_hidden_states, image_latents, image_embeddings)  # b n d, shared by the frames
 
-        x = torch.cat([sample, self._local_image_features(image_latents)], dim=1)  # b 2c f h w
-        x = self.conv_in(fold_frames(x))  # (b f) c h w
-        x = self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+        def prefix(sample: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:  # the same for [uncond, cond] halves
+            x = torch.cat([sample, self._local_image_features(image_latents)], dim=1)  # b 2c f h w
+            x = self.conv_in(fold_frames(x))  # (b f) c h w
+            return self.transformer_in(x, num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+        x = once_for_equal_halves(prefix, sample, image_latents)
         cond = dict(encoder_hidden_states=context, cross_attention_kwargs=cross_attention_kwargs)
         x, skips = self._down(x, emb, cond, num_frames)
         x = self._mid(x, emb, cond, num_frames)

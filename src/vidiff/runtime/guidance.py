@@ -8,11 +8,15 @@ around 1e-6 from the matrix-product kernels' blocking), the activations' peak ha
 fixed overhead is negligible (svd-mid-256 step: no slower). Small calls (fewer than
 :data:`SPLIT_MIN_POSITIONS` latent positions, batch x frames x height x width) run as one batch, as before.
 Set ``vidiff.runtime.guidance.SPLIT_MIN_POSITIONS`` to 0 to always split, or to ``None`` to never split.
+
+Inside a guided call the two halves share their latents: the layers a UNet runs before the text first enters (the
+ModelScope and I2VGen-XL UNets' ``conv_in`` + ``transformer_in``, a sixth of a t2v-mid step) get the same rows
+twice. :func:`once_for_equal_halves` computes such a prefix on one half and stacks it twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,6 +29,18 @@ def split_batch(model: Any, sample: torch.Tensor, guided: bool) -> bool:
     if not guided or SPLIT_MIN_POSITIONS is None or not channels or sample.shape[0] % 2:
         return False
     return sample.numel() // channels >= SPLIT_MIN_POSITIONS
+
+
+def once_for_equal_halves(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` for a ``fn`` that acts on each batch row alone and returns rows in batch order (``b ...`` or
+    ``(b f) ...``). When every tensor's batch is two equal halves (a guidance batch [uncond, cond] before the text
+    enters), ``fn`` runs on the first halves and its output is stacked twice: the same rows for half the work
+    (up to the kernels' blocking at another batch size). Under torch.compile ``fn`` runs on the whole batch."""
+    n = tensors[0].shape[0]
+    if torch.compiler.is_compiling() or n % 2 or any(t.shape[0] != n or not torch.equal(t[: n // 2], t[n // 2:]) for t in tensors):
+        return fn(*tensors)
+    half = fn(*(t[: n // 2] for t in tensors))
+    return torch.cat([half, half])
 
 
 def run_denoiser(model: Any, sample: torch.Tensor, *args, guided: bool = False, **kwargs) -> torch.Tensor:
