@@ -594,8 +594,10 @@ def test_in_place_helpers_keep_values_and_autograd():
     xs, xt, ind = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2), torch.zeros(2, 4)
     with torch.no_grad():
         want = blender(xs, xt, ind)
-        got = blender(xs.clone(), xt.clone(), ind, in_place=True)
-    assert torch.equal(got, want)
+        into = xs.clone()
+        got = blender(into, xt.clone(), ind, in_place=True)
+    assert torch.equal(got, want) and got is into  # written into x_spatial
+    assert blender(xs.clone().requires_grad_(), xt, ind, in_place=True).data_ptr() not in (xs.data_ptr(), xt.data_ptr())
 
     from diffusers.models.resnet import SpatioTemporalResBlock as RefSpatioTemporalResBlock
 

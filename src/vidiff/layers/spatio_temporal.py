@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..runtime.layout import tokens_to_map
-from ..runtime.memory import act_, add_
+from ..runtime.memory import act_, add_, untracked
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
 from .resnets import ResnetBlock2D
@@ -76,7 +76,7 @@ class AlphaBlender(nn.Module):
         alpha = self.get_alpha(image_only_indicator, x_spatial.ndim).to(x_spatial.dtype)
         if self.switch_spatial_to_temporal_mix:
             alpha = 1.0 - alpha
-        if in_place and not (torch.is_grad_enabled() and (x_spatial.requires_grad or x_temporal.requires_grad or alpha.requires_grad)) \
+        if in_place and untracked(x_spatial) and untracked(x_temporal) and untracked(alpha) \
                 and x_spatial.shape == x_temporal.shape and x_spatial.dtype == x_temporal.dtype:
             return x_spatial.mul_(alpha).add_(x_temporal.mul_(1.0 - alpha))
         return alpha * x_spatial + (1.0 - alpha) * x_temporal

@@ -136,15 +136,11 @@ def _required(pipe_cls: type, name: str) -> bool:
     return param is not None and param.default is inspect.Parameter.empty
 
 
-def check_entry(folder: Path, name: str, entry: Any) -> tuple[str, str]:
-    if not (isinstance(entry, list) and len(entry) == 2):
-        raise ConfigError(f"{folder}/model_index.json: entry for {name!r} must be [library, class name], got {entry!r}")
-    return entry[0], entry[1]
-
-
 def load_component(folder: Path, name: str, entry: list, *, torch_dtype, variant, use_safetensors, allow_pickle) -> Any:
     """Component ``name`` of a pipeline folder as model_index.json names it (``variant``: already resolved for it)."""
-    library, class_name = check_entry(folder, name, entry)
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ConfigError(f"{folder}/model_index.json: entry for {name!r} must be [library, class name], got {entry!r}")
+    library, class_name = entry
     sub = folder / name
     if library in _TRANSFORMERS_LIBS:
         return _load_transformers(sub, class_name, torch_dtype, variant)
