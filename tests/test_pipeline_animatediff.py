@@ -191,6 +191,28 @@ def test_motion_unet_from_a_folder_that_does_not_fit_names_the_keys(folders, tmp
         vidiff.AnimateDiffPipeline.from_pretrained(broken, motion_adapter=vidiff.MotionAdapter.from_pretrained(adapter_folder))
 
 
+def test_motion_unet_from_a_folder_reads_the_requested_variant(folders, tmp_path):
+    """variant="fp16" reaches the direct motion-UNet load: a unet folder holding only fp16-variant weights loads,
+    as UNet2DConditionModel.from_pretrained(variant="fp16") + from_unet2d would."""
+    import shutil
+
+    from vidiff.loading.weights import load_state_dict, save_state_dict
+    from vidiff.models.unet_motion import UNetMotionModel
+
+    sd, adapter_folder = folders
+    folder = tmp_path / "sd"
+    shutil.copytree(sd, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = {k: v.half() for k, v in load_state_dict(weights).items()}
+    weights.unlink()
+    save_state_dict(state, folder / "unet", variant="fp16")
+    adapter = vidiff.MotionAdapter.from_pretrained(adapter_folder)
+    pipe = vidiff.AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, variant="fp16")
+    expected = UNetMotionModel.from_unet2d(vidiff.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant="fp16"), adapter)
+    got, want = pipe.unet.state_dict(), expected.state_dict()
+    assert list(got) == list(want) and all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+
+
 def test_pia_adapter_goes_through_from_unet2d(folders, monkeypatch):
     """An adapter with its own input convolution (PIA) mixes the UNet's conv_in with its own: from_unet2d does it."""
     from vidiff.models.unet_motion import UNetMotionModel
