@@ -248,7 +248,20 @@ def _project_qkv(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_st
 
 def _finish(attn: Attention, hidden_states: torch.Tensor, residual: torch.Tensor, shape4d) -> torch.Tensor:
     """Output projection, dropout, back to 4D, residual, rescale."""
-    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+    return _restore(attn, attn.to_out[1](attn.to_out[0](hidden_states)), residual, shape4d)
+
+
+def _single_key(attn: Attention, context: torch.Tensor, batch: int, n_q: int, residual: torch.Tensor, shape4d) -> torch.Tensor:
+    """Attention over a context of one token: the softmax of a single score is exactly 1, so every query's output is
+    that token's value. ``to_out(to_v(context))`` once per context row, repeated for its queries: no query
+    projection, no scores (SVD's image embedding is such a context, in every spatial and temporal block)."""
+    out = attn.to_out[0](attn.to_v(context))  # b 1 out_dim (b: one row per context)
+    out = out.expand(-1, batch // out.shape[0] * n_q, -1).reshape(batch, n_q, out.shape[-1])  # (b r) n_q out_dim
+    return _restore(attn, attn.to_out[1](out), residual, shape4d)
+
+
+def _restore(attn: Attention, hidden_states: torch.Tensor, residual: torch.Tensor, shape4d) -> torch.Tensor:
+    """Back to 4D, residual, rescale."""
     if shape4d is not None:
         hidden_states = hidden_states.transpose(-1, -2).reshape(shape4d)
     if attn.residual_connection:
@@ -274,6 +287,9 @@ class AttnProcessor2_0:
         hidden_states, shape4d = _flatten_input(attn, hidden_states)
         batch, n_q, _ = hidden_states.shape
         b, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape  # b: batch / r
+        if seq_len == 1 and encoder_hidden_states is not None and attention_mask is None and not torch.is_grad_enabled():
+            # (with autograd on, the full path runs: to_q gets its gradient, zero up to rounding, as in the reference)
+            return _single_key(attn, encoder_hidden_states, batch, n_q, residual, shape4d)
         if attention_mask is not None:  # (Attention.forward repeats a shared context when there is a mask)
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, b)
             attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k

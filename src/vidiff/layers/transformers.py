@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import BaseOutput
-from ..runtime.chunking import map_rows
+from ..runtime.chunking import gated_gelu, map_rows, plain_linear
 from ..runtime.layout import is_channels_last, tokens_to_map
 from .attention import Attention
 from .embeddings import SinusoidalPositionalEmbedding
@@ -44,6 +44,8 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and plain_linear(self.proj, hidden_states):
+            return gated_gelu(hidden_states, self.proj.weight, self.proj.bias)  # the halves as two products
         hidden_states, gate = self.proj(hidden_states).chunk(2, dim=-1)
         if torch.is_grad_enabled() and hidden_states.requires_grad:
             return hidden_states * F.gelu(gate)
