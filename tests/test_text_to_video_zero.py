@@ -223,9 +223,13 @@ def test_processor_matches_reference(variant, batch_size, frames):
     ref, ours = _attn_pair()
     ref.set_processor(ref_cls(batch_size=batch_size))
     ours.set_processor(ours_cls(batch_size=batch_size))
+    key_rows = []
+    ours.to_k.register_forward_pre_hook(lambda m, a: key_rows.append(a[0].shape[0]))
     with torch.no_grad():
         got, expected = ours(x), ref(x)
     assert (got - expected).abs().max() < 1e-6
+    # the SDPA variant projects keys for the first frames only (the explicit one, like the reference, for all)
+    assert key_rows == [batch_size if variant.endswith("2_0") else batch_size * frames]
     if frames > 1:  # each frame really reads its group's first frame
         plain = _attn_pair()[1](x)
         assert (got - plain).abs().max() > 1e-3

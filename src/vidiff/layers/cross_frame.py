@@ -22,15 +22,20 @@ def first_frame_kv(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
     rows = tensor.shape[0]
     if rows < batch_size:  # fewer rows than groups: each row is its own one-frame group (reference behaviour)
         return tensor
+    check_groups(rows, batch_size)
+    frames = rows // batch_size
+    grouped = tensor.reshape(batch_size, frames, *tensor.shape[1:])  # b f n c
+    return grouped[:, :1].expand_as(grouped).reshape(tensor.shape)  # (b f) n c
+
+
+def check_groups(rows: int, batch_size: int) -> None:
+    """A UNet batch of ``rows`` must be ``batch_size`` groups of frames."""
     if rows % batch_size:
         raise ValueError(
             f"CrossFrameAttnProcessor(batch_size={batch_size}) got a UNet batch of {rows}, which is not batch_size x "
             f"frames. batch_size counts the copies of the video in one UNet call: 2 with classifier-free guidance, "
             f"1 without, 3 for InstructPix2Pix with guidance; set it to match your call."
         )
-    frames = rows // batch_size
-    grouped = tensor.reshape(batch_size, frames, *tensor.shape[1:])  # b f n c
-    return grouped[:, :1].expand_as(grouped).reshape(tensor.shape)  # (b f) n c
 
 
 class _CrossFrameBase:
@@ -74,9 +79,17 @@ class CrossFrameAttnProcessor2_0(_CrossFrameBase):
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, b)
             attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k
-        query, key, value = self._qkv(attn, hidden_states, encoder_hidden_states)
+        groups = b  # rows of keys and values
+        if encoder_hidden_states is None and attention_mask is None and attn.group_norm is None and b >= self.batch_size:
+            # keys and values of the first frames only; a group's frames attend as one query sequence
+            check_groups(b, self.batch_size)
+            groups = self.batch_size
+            first = hidden_states.reshape(groups, b // groups, *hidden_states.shape[1:])[:, 0]  # groups n c
+            query, key, value = attn.to_q(hidden_states), attn.to_k(first), attn.to_v(first)
+        else:
+            query, key, value = self._qkv(attn, hidden_states, encoder_hidden_states)
         head_dim = query.shape[-1] // attn.heads
-        query, key, value = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+        query, key, value = (t.view(groups, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
         out = sdpa(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # b n (heads d)
         return _finish(attn, out, residual, shape4d)
