@@ -132,15 +132,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sdpa_cpu_flops():
-    """FlopCounterMode has no formula for the CPU flash-attention op; count it as the other SDPA kernels."""
+def cpu_kernel_flops():
+    """FlopCounterMode has no formula for the CPU flash-attention op or for oneDNN's convolution with a reordered
+    weight (vidiff.runtime.conv); count them as the other SDPA kernels and as aten.convolution."""
     import torch
-    from torch.utils.flop_counter import sdpa_flop_count
+    from torch.utils.flop_counter import conv_flop_count, sdpa_flop_count
 
-    def count(q, k, v, *args, out_shape=None, **kwargs):
+    def attention(q, k, v, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(q, k, v)
 
-    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: count}
+    def convolution(x, w, *args, out_shape=None, **kwargs):
+        return conv_flop_count(x, w, out_shape, transposed=False)
+
+    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention,
+            torch.ops.mkldnn._convolution_pointwise: convolution}
 
 
 def load_pipeline(lib_mod, kind: str, folder: Path):
@@ -254,7 +259,7 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     if spec["full"]:
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_sdpa_cpu_flops()) as counter:
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=cpu_kernel_flops()) as counter:
             for args, kwargs in captured["first_step"]:
                 pipe.unet(*args, **kwargs)
         result["flops"] = counter.get_total_flops()

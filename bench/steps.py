@@ -89,7 +89,7 @@ def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
 
         for name, pipe in pipes.items():
             args, kwargs = inputs[name]
-            with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=bench._sdpa_cpu_flops()) as counter:
+            with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=bench.cpu_kernel_flops()) as counter:
                 pipe.unet(*args, **kwargs)
             result[f"{name}_gflop"] = counter.get_total_flops() / 1e9
     return result

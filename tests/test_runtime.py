@@ -323,6 +323,102 @@ def test_gemm_convolutions_everywhere_give_the_same_frames(folders, name, monkey
     _close(frames, base)
 
 
+@pytest.mark.parametrize("shape, o, kernel, stride, padding", [
+    ((2, 16, 9, 7), 24, (3, 3), 1, 1),  # odd sizes
+    ((3, 8, 8, 8), 8, (3, 3), 2, 1),  # a downsampler
+    ((2, 12, 5, 6), 12, (3, 1), 1, (1, 0)),  # a frame convolution over b c f (h w)
+    ((1, 8, 6, 6), 16, (1, 1), 1, 0),  # a shortcut
+])
+def test_packed_convolution_is_as_close_to_float64_as_the_reference(shape, o, kernel, stride, padding):
+    """runtime.conv's kept, reordered oneDNN weight: the convolution's values within float32 rounding of float64, no
+    further from it than F.conv2d's, and its output channels-last."""
+    from vidiff.runtime.conv import Conv2d, _PACKED, use_packed
+
+    torch.manual_seed(0)
+    layer = Conv2d(shape[1], o, kernel, stride=stride, padding=padding).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert use_packed(x, layer.weight)
+        got, plain = layer(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias, stride, padding)
+        exact = torch.nn.functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), stride, padding)
+    assert id(layer.weight) in _PACKED and got.is_contiguous(memory_format=torch.channels_last)
+    err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, plain))
+    assert err <= max(2 * ref_err, 1e-6), (err, ref_err)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():
+    """One reorder per weight; rebuilt after an in-place update, an edit through ``.data`` (which bumps no version),
+    a LoRA fuse, a new tensor; dropped with its layer; not used with autograd, under PACK_WEIGHTS=False, or for
+    float64."""
+    import gc
+
+    from vidiff.layers.lora import LoraHook
+    from vidiff.runtime import conv
+
+    torch.manual_seed(0)
+    layer = conv.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(2, 8, 6, 6)
+    reorders = []
+    real = torch.ops.mkldnn._reorder_convolution_weight
+
+    def expect(n):
+        with torch.no_grad():
+            out = layer(x)
+            torch.testing.assert_close(out, torch.nn.functional.conv2d(x, layer.weight, layer.bias, 1, 1), rtol=1e-5, atol=1e-5)
+        assert len(reorders) == n, reorders
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", lambda *a: reorders.append(1) or real(*a), raising=False)
+        expect(1)
+        expect(1)  # kept
+        with torch.no_grad():
+            layer.weight.mul_(0.5)  # in place: the version changes
+        expect(2)
+        layer.weight.data[0, 0, 0, 0] = 3.0  # through .data: no version change, the sample catches the first value
+        expect(3)
+        layer.weight.data.copy_(torch.randn_like(layer.weight))  # a whole new set of values through .data
+        expect(4)
+        layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))  # a new parameter
+        expect(5)
+        hook = LoraHook(layer)
+        hook.add("a", torch.randn(2, 8, 3, 3), torch.randn(8, 2, 1, 1), 1.0)
+        hook.active = ["a"]
+        hook.merge()  # fusing adds B @ A into the weight in place
+        hook.enabled = False
+        expect(6)
+        with torch.enable_grad():
+            layer(x.requires_grad_()).sum().backward()  # autograd: F.conv2d
+        x = x.detach()
+        mp.setattr(conv, "PACK_WEIGHTS", False)
+        expect(6)
+        mp.setattr(conv, "PACK_WEIGHTS", True)
+        with torch.no_grad():
+            layer.double()(x.double())
+        assert len(reorders) == 6
+    key = id(layer.weight)
+    assert key in conv._PACKED
+    del layer, hook
+    gc.collect()
+    assert key not in conv._PACKED  # the kept copy leaves with its parameter
+
+
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
+def test_packed_convolutions_give_the_same_frames(folders, name, monkeypatch):
+    """The pipelines with and without the kept, reordered convolution weights: the same frames (float32 rounding)."""
+    from vidiff.runtime import conv
+
+    pipe = _load(folders, name)
+    monkeypatch.setattr(conv, "PACK_WEIGHTS", False)
+    base = _run(pipe, name)
+    monkeypatch.setattr(conv, "PACK_WEIGHTS", True)
+    calls = []
+    monkeypatch.setattr(conv, "conv2d_packed", lambda *a, f=conv.conv2d_packed: calls.append(1) or f(*a))
+    frames = _run(pipe, name)
+    assert len(calls) > 20, len(calls)
+    _close(frames, base)
+
+
 # ---------------------------------------------------------------------------------------------- attention kernels
 @pytest.mark.parametrize("b, heads, n_q, n_k, d", [
     (6, 2, 4, 4, 8),  # temporal attention, 4 frames: broadcast products
@@ -692,5 +788,8 @@ def test_in_place_helpers_keep_values_and_autograd():
         outs.append((out.detach(), hh.grad, block.temporal_res_block.conv1.weight.grad))
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the reference convolves frames with Conv3d
-    with torch.no_grad():
+    from vidiff.runtime import conv
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv, "PACK_WEIGHTS", False)  # the same convolution kernel as with autograd, to compare bit for bit
         assert torch.equal(ours(h, temb, image_only_indicator=torch.zeros(2, 2)), outs[0][0])  # in place = out of place

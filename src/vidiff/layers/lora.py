@@ -139,14 +139,14 @@ class LoraHook:
                 delta = self.delta_weight(name).to(self.layer.weight.dtype)
                 if safe and not torch.isfinite(self.layer.weight + delta).all():
                     raise ValueError(f"fusing LoRA {name!r} would put NaN/inf into {self.layer}; the adapter is broken")
-                self.layer.weight.data += delta
+                self.layer.weight.add_(delta)  # (in place on the parameter: its version counts the change)
                 self.merged.append(name)
 
     def unmerge(self, names: list[str] | None = None) -> None:
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
         with torch.no_grad():
             for name in reversed(names):
-                self.layer.weight.data -= self.delta_weight(name).to(self.layer.weight.dtype)
+                self.layer.weight.sub_(self.delta_weight(name).to(self.layer.weight.dtype))
                 self.merged.remove(name)
 
 

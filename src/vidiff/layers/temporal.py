@@ -36,7 +36,7 @@ class FrameConv(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = x.shape
         weight = self.weight.view(self.out_channels, c, self.kernel_size[0], 1)
-        out = conv2d(x.reshape(b, c, f, h * w), weight, self.bias, padding=(self.padding[0], 0))  # b o f (h w)
+        out = conv2d(x.reshape(b, c, f, h * w), weight, self.bias, padding=(self.padding[0], 0), param=self.weight)  # b o f (h w)
         return out.view(b, self.out_channels, f, h, w)
 
 
