@@ -241,13 +241,16 @@ def test_float16_vae_with_force_upcast_encodes_in_float32(folders):
 
 # ---------------------------------------------------------------------------------------------- memory layout
 @pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
-def test_channels_last_keeps_its_layout_and_the_frames(folders, name):
+def test_channels_last_keeps_its_layout_and_the_frames(folders, name, monkeypatch):
     """runtime.layout.channels_last on the UNet and the VAE: the same frames, and the UNet's last convolution still sees
-    channels-last activations (every reshape on the way kept the layout)."""
+    channels-last activations (every reshape on the way kept the layout; GroupNorm left to PyTorch's channels-last
+    kernel, which by default runs such maps plain)."""
+    from vidiff.runtime import layout
     from vidiff.runtime.layout import channels_last, is_channels_last
 
     pipe = _load(folders, name)
     base = _run(pipe, name)
+    monkeypatch.setattr(layout, "PLAIN_GROUP_NORM", False)
     channels_last(pipe.unet)
     channels_last(pipe.vae)
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -345,6 +348,29 @@ def test_packed_convolution_is_as_close_to_float64_as_the_reference(shape, o, ke
     err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, plain))
     assert err <= max(2 * ref_err, 1e-6), (err, ref_err)
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 64, 9, 7), 32), ((3, 40, 4, 4), 4), ((1, 8, 5, 6), 8)])
+def test_group_norm_runs_channels_last_maps_plain(shape, groups, monkeypatch):
+    """runtime.layout.GroupNorm: a channels-last CPU map is normalised in the plain layout (output plain) and its
+    values are nn.GroupNorm's to float32 rounding, no further from float64 than PyTorch's channels-last kernel."""
+    from vidiff.runtime import layout
+
+    torch.manual_seed(0)
+    norm = layout.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = norm(x)
+        theirs = torch.nn.GroupNorm.forward(norm, x)
+        exact = torch.nn.functional.group_norm(x.double(), groups, norm.weight.double(), norm.bias.double(), 1e-6)
+        monkeypatch.setattr(layout, "PLAIN_GROUP_NORM", False)
+        kept = norm(x)
+    assert got.is_contiguous() and layout.is_channels_last(kept) and torch.equal(kept, theirs)
+    err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, theirs))
+    assert err <= max(2 * ref_err, 1e-6), (err, ref_err)
+    torch.testing.assert_close(got, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ..runtime.attention import scaled_dot_product_attention as sdpa
+from ..runtime.layout import GroupNorm
 from ..runtime.memory import add_
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class Attention(nn.Module):
         self.heads = out_dim // dim_head if out_dim is not None else heads
         self.sliceable_head_dim = heads  # slicing splits the (batch * heads) axis
 
-        self.group_norm = (nn.GroupNorm(num_channels=query_dim, num_groups=norm_num_groups, eps=eps, affine=True)
+        self.group_norm = (GroupNorm(num_channels=query_dim, num_groups=norm_num_groups, eps=eps, affine=True)
                            if norm_num_groups is not None else None)
         # Hooks the reference's processors look at; always absent here.
         self.spatial_norm = self.norm_cross = self.norm_q = self.norm_k = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..runtime.layout import tokens_to_map
+from ..runtime.layout import GroupNorm, tokens_to_map
 from ..runtime.memory import act_, add_, untracked
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
@@ -92,10 +92,10 @@ class TemporalResnetBlock(nn.Module):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=eps, affine=True)
+        self.norm1 = GroupNorm(num_groups=32, num_channels=in_channels, eps=eps, affine=True)
         self.conv1 = FrameConv(in_channels, out_channels)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
-        self.norm2 = nn.GroupNorm(num_groups=32, num_channels=out_channels, eps=eps, affine=True)
+        self.norm2 = GroupNorm(num_groups=32, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(0.0)
         self.conv2 = FrameConv(out_channels, out_channels)
         self.nonlinearity = nn.SiLU()
@@ -219,7 +219,7 @@ class TransformerSpatioTemporalModel(nn.Module):
         self.attention_head_dim = attention_head_dim
         self.inner_dim = inner_dim = num_attention_heads * attention_head_dim
         self.in_channels = in_channels
-        self.norm = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6)
+        self.norm = GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, cross_attention_dim=cross_attention_dim)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..runtime.conv import conv2d
+from ..runtime.layout import GroupNorm
 
 
 def unfold_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -42,7 +43,7 @@ class FrameConv(nn.Conv3d):
 
 def _norm_act_conv(in_dim: int, out_dim: int, groups: int, dropout: float | None) -> nn.Sequential:
     """GroupNorm -> SiLU [-> Dropout] -> Conv3d over frames only (kernel 3x1x1); indices match the reference keys."""
-    layers: list[nn.Module] = [nn.GroupNorm(groups, in_dim), nn.SiLU()]
+    layers: list[nn.Module] = [GroupNorm(groups, in_dim), nn.SiLU()]
     if dropout is not None:
         layers.append(nn.Dropout(dropout))
     layers.append(FrameConv(in_dim, out_dim))

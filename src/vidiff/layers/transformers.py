@@ -16,7 +16,7 @@ from torch import nn
 
 from ..models.outputs import BaseOutput
 from ..runtime.chunking import gated_gelu, map_rows, plain_linear
-from ..runtime.layout import is_channels_last, tokens_to_map
+from ..runtime.layout import GroupNorm, is_channels_last, tokens_to_map
 from .attention import Attention
 from .embeddings import SinusoidalPositionalEmbedding
 
@@ -342,7 +342,7 @@ class Transformer2DModel(nn.Module):
         self.use_linear_projection = use_linear_projection
         self.is_input_continuous = True
 
-        self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
+        self.norm = GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
         if use_linear_projection:
             self.proj_in = nn.Linear(in_channels, inner_dim)
         else:
@@ -431,7 +431,7 @@ class TransformerTemporalModel(nn.Module):
         self.in_channels = in_channels
         inner_dim = num_attention_heads * attention_head_dim
 
-        self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
+        self.norm = GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..runtime.layout import GroupNorm
 from ..runtime.memory import release_free_memory_before
 from ..runtime.random import randn_tensor
 from .attention import Attention
@@ -187,7 +188,7 @@ class Encoder(nn.Module):
             in_channels=block_out_channels[-1], resnet_eps=1e-6, resnet_act_fn=act_fn, output_scale_factor=1,
             resnet_time_scale_shift="default", attention_head_dim=block_out_channels[-1],
             resnet_groups=norm_num_groups, temb_channels=None, add_attention=mid_block_add_attention)
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[-1], num_groups=norm_num_groups, eps=1e-6)
+        self.conv_norm_out = GroupNorm(num_channels=block_out_channels[-1], num_groups=norm_num_groups, eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
         self.gradient_checkpointing = False
@@ -225,7 +226,7 @@ class Decoder(nn.Module):
                 num_layers=layers_per_block + 1, in_channels=prev_output_channel, out_channels=output_channel,
                 add_upsample=i != len(block_out_channels) - 1, resnet_eps=1e-6, resnet_act_fn=act_fn,
                 resnet_groups=norm_num_groups, temb_channels=None, resnet_time_scale_shift="default"))
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=1e-6)
+        self.conv_norm_out = GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
         self.gradient_checkpointing = False

@@ -27,6 +27,7 @@ from ..layers.spatio_temporal import SpatioTemporalResBlock
 from ..layers.temporal import FrameConv
 from ..layers.unet_passes import upsamplers
 from ..layers.vae_blocks import DiagonalGaussianDistribution, Encoder, Step, _maybe_checkpoint, block_steps
+from ..runtime.layout import GroupNorm
 from ..runtime.memory import release_free_memory_before
 from .modeling import ModelMixin
 from .outputs import AutoencoderKLOutput, DecoderOutput
@@ -93,7 +94,7 @@ class TemporalDecoder(nn.Module):
         self.up_blocks = nn.ModuleList(
             UpBlockTemporalDecoder(rev[max(i - 1, 0)], rev[i], num_layers=layers_per_block + 1, add_upsample=i < len(rev) - 1)
             for i in range(len(rev)))
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=32, eps=1e-6)
+        self.conv_norm_out = GroupNorm(num_channels=block_out_channels[0], num_groups=32, eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
         self.time_conv_out = FrameConv(out_channels, out_channels)

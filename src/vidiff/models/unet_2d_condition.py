@@ -26,6 +26,7 @@ from ..layers.resnets import get_activation
 from ..layers.transformers import ForwardChunkingMixin
 from ..layers.unet_2d_blocks import DOWN_BLOCKS, MID_BLOCKS, UP_BLOCKS, block_class, get_down_block, get_mid_block, get_up_block
 from ..layers.unet_passes import FreeUMixin
+from ..runtime.layout import GroupNorm
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 
@@ -288,7 +289,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
                                     cfg.flip_sin_to_cos, cfg.freq_shift)
         self.time_embed_act = get_activation(cfg.time_embedding_act_fn) if cfg.time_embedding_act_fn else None
         self._build_blocks(cfg, time_embed_dim * 2 if cfg.class_embeddings_concat else time_embed_dim)
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = get_activation(cfg.act_fn)
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2)
 

@@ -22,6 +22,7 @@ from ..layers.transformers import ForwardChunkingMixin, TransformerTemporalModel
 from ..layers.unet_3d_blocks import UNetMidBlock3DCrossAttn, get_down_block, get_up_block
 from ..layers.unet_passes import FreeUMixin
 from ..runtime.guidance import once_for_equal_halves
+from ..runtime.layout import GroupNorm
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 from .unet_2d_condition import UNetPassesMixin, check_video_sample
@@ -145,7 +146,7 @@ class UNet3DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
 
         build_3d_blocks(self, cfg, time_embed_dim, eps=cfg.norm_eps, act_fn=cfg.act_fn, downsample_padding=cfg.downsample_padding,
                         mid_block_scale_factor=cfg.mid_block_scale_factor)
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = get_activation("silu")
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 

@@ -29,6 +29,7 @@ from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import FeedForward, ForwardChunkingMixin, TransformerTemporalModel
 from ..layers.unet_passes import FreeUMixin
 from ..runtime.guidance import once_for_equal_halves
+from ..runtime.layout import GroupNorm
 from .modeling import ModelMixin
 from .unet_2d_condition import UNetPassesMixin, check_video_sample
 from .unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput, build_3d_blocks
@@ -147,7 +148,7 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         self.context_embedding = nn.Sequential(nn.Linear(dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, dim * c))
         self.fps_embedding = nn.Sequential(nn.Linear(channels[0], time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
         build_3d_blocks(self, cfg, time_embed_dim, eps=1e-05, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1)
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=1e-05)
+        self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=1e-05)
         self.conv_act = get_activation("silu")
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 

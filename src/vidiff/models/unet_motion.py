@@ -36,6 +36,7 @@ from ..layers.temporal import fold_frames, unfold_frames
 from ..layers.transformers import ForwardChunkingMixin
 from ..layers.unet_2d_blocks import UNetMidBlock2DCrossAttn
 from ..layers.unet_passes import FreeUMixin
+from ..runtime.layout import GroupNorm
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 from .unet_2d_condition import (
@@ -192,7 +193,7 @@ class UNetMotionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin,
         if cfg.addition_embed_type == "text_time":
             add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim)
         self._build_blocks(cfg, time_embed_dim)
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=cfg.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 

@@ -25,6 +25,7 @@ from ..layers.attention import AttentionProcessorMixin
 from ..layers.embeddings import add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.spatio_temporal import DOWN_BLOCK_TYPES, UP_BLOCK_TYPES, UNetMidBlockSpatioTemporal, get_down_block, get_up_block
 from ..layers.transformers import ForwardChunkingMixin
+from ..runtime.layout import GroupNorm
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 
@@ -127,7 +128,7 @@ class UNetSpatioTemporalConditionModel(ModelMixin, AttentionProcessorMixin, Forw
         self.mid_block = UNetMidBlockSpatioTemporal(channels[-1], temb_channels=time_embed_dim, transformer_layers_per_block=tlayers[-1],
                                                     cross_attention_dim=cross[-1], num_attention_heads=heads[-1])
 
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels[0], num_groups=32, eps=1e-5)
+        self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=32, eps=1e-5)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(channels[0], cfg.out_channels, kernel_size=3, padding=1)
 
