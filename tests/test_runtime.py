@@ -373,6 +373,18 @@ def test_group_norm_runs_channels_last_maps_plain(shape, groups, monkeypatch):
     torch.testing.assert_close(got, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_group_norm_keeps_large_or_wide_group_maps_channels_last():
+    """Where PyTorch's channels-last kernel is the faster one (a large map, many channels per group), it runs."""
+    from vidiff.runtime import layout
+
+    for shape, groups in [((1, 64, 32, 32), 32), ((2, 320, 4, 4), 8)]:  # 1024 positions; 40 channels per group
+        norm = layout.GroupNorm(groups, shape[1])
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = norm(x)
+        assert layout.is_channels_last(out) and torch.equal(out, torch.nn.GroupNorm.forward(norm, x))
+
+
 def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():
     """One reorder per weight; rebuilt after an in-place update, an edit through ``.data`` (which bumps no version),
     a LoRA fuse, a new tensor; dropped with its layer; not used with autograd, under PACK_WEIGHTS=False, or for
@@ -422,6 +434,9 @@ def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():
         with torch.no_grad():
             layer.double()(x.double())
         assert len(reorders) == 6
+        layer.float()
+        conv.forget_packed()
+        expect(7)
     key = id(layer.weight)
     assert key in conv._PACKED
     del layer, hook

@@ -7,12 +7,14 @@ matrix product of the same size reaches). There :func:`conv2d` unfolds the input
 viewed as an ``(out, in*kh*kw)`` matrix without a copy, by it: the same sums in another order (differences around
 1e-6 relative), 1.3-3.7x faster at those shapes.
 
-Every other CPU float32 convolution without autograd goes to oneDNN with its weight reordered once
-(:func:`conv2d_packed`): the blocked copy is kept per weight (:data:`PACK_WEIGHTS`; one extra copy of those
-convolution weights in memory, rebuilt when the weight changes) and the output comes back channels-last, oneDNN's
-own layout, which the following layers keep (no transposes back and forth). Measured in one process, alternating:
-a t2v-full UNet call 0.85x, t2v-mid and svd-mid 0.95x; per layer 1.1-1.7x (640 -> 640 at 8x8: 84 -> 142 GFLOP/s).
-Elsewhere, on other devices and dtypes, with autograd, and under ``torch.compile``, it is ``F.conv2d``.
+Every other CPU float32 convolution without autograd on a map of at most :data:`PACK_MAX_POSITIONS` positions
+goes to oneDNN with its weight reordered once (:func:`conv2d_packed`): the blocked copy is kept per weight
+(:data:`PACK_WEIGHTS`; one extra copy of those convolution weights in memory, rebuilt when the weight changes) and
+the output comes back channels-last, oneDNN's own layout, which the following layers keep (no transposes back and
+forth). Measured in one process, alternating: a t2v-full UNet call 0.85x, t2v-mid and svd-mid 0.95x; per layer
+1.1-1.7x (640 -> 640 at 8x8: 84 -> 142 GFLOP/s). Larger maps (the VAE decoders) keep the per-call reorder, which
+their arithmetic hides: there the channels-last path raised svd-mid-256's peak RSS by 50-100 MB. Elsewhere, on
+other devices and dtypes, with autograd, and under ``torch.compile``, it is ``F.conv2d``.
 
 :class:`Conv2d` is ``nn.Conv2d`` (same arguments, parameters and state-dict keys) with its forward going through
 :func:`conv2d`; the ResNet blocks, down- and upsamplers build their convolutions with it, and ``FrameConv`` calls
@@ -57,6 +59,7 @@ def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool
 
 
 PACK_WEIGHTS = True  # keep oneDNN's blocked copy of each CPU float32 convolution weight (see the module docstring)
+PACK_MAX_POSITIONS = 1 << 12  # input positions (batch x height x width) up to which the kept weight is used
 _PACKED: dict[int, tuple] = {}  # id(parameter) -> (key, sample, packed); an entry leaves with its parameter
 _MKLDNN = torch.backends.mkldnn.is_available()
 _FINGERPRINT = 64  # weight values compared on every call: an edit through ``.data`` does not bump the version
@@ -66,7 +69,7 @@ def use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`conv2d` runs this convolution through oneDNN with a kept, reordered weight."""
     return (PACK_WEIGHTS and not torch.compiler.is_compiling() and _MKLDNN and torch.backends.mkldnn.enabled
             and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4
-            and not torch.is_grad_enabled())
+            and not torch.is_grad_enabled() and x.shape[0] * x.shape[2] * x.shape[3] <= PACK_MAX_POSITIONS)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,

@@ -41,16 +41,23 @@ def tokens_to_map(x: torch.Tensor, h: int, w: int, like: torch.Tensor) -> torch.
     return x if is_channels_last(like) else x.contiguous()
 
 
-PLAIN_GROUP_NORM = True  # GroupNorm runs channels-last CPU maps in the plain layout (False: PyTorch's kernel for them)
+PLAIN_GROUP_NORM = True  # GroupNorm runs small channels-last CPU maps in the plain layout (False: never)
+# PyTorch's CPU GroupNorm kernel for channels-last maps is slow on small maps with few channels per group, and fast
+# on large ones (2 cores, fp32, plain = copy + plain kernel): 8x64x16x16 0.64 vs 0.19 ms, 8x128x8x8 0.17 vs 0.10,
+# 16x320x16x16 2.4 vs 1.8; but 8x1280x8x8 (40 channels per group) 0.25 vs 0.83, 8x64x32x32 0.16 vs 0.55,
+# 2x128x128x128 1.8 vs 12.7 (and the copy would add a map to the peak).
+PLAIN_MAX_POSITIONS = 256  # h * w
+PLAIN_MAX_GROUP_CHANNELS = 16
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same arguments, parameters and keys) that normalises a channels-last 4-D CPU map in the
-    plain layout: PyTorch's CPU kernel for channels-last maps is 3-10x slower with few channels per group (2-10 in
-    the video UNets: 0.6 vs 0.06 ms at 8 x 64 x 16 x 16, 0.7 vs 0.17 ms at 8 x 320 x 16 x 16), more than the copy.
-    The output is then plain (the convolutions take either layout); other inputs keep theirs."""
+    """``nn.GroupNorm`` (same arguments, parameters and keys) that normalises a small channels-last CPU map (at most
+    :data:`PLAIN_MAX_POSITIONS` positions, :data:`PLAIN_MAX_GROUP_CHANNELS` channels per group: the video UNets'
+    inner blocks) in the plain layout, where PyTorch's channels-last kernel is slower than the copy (see above). The
+    output is then plain (the convolutions take either layout); other inputs keep theirs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if PLAIN_GROUP_NORM and x.device.type == "cpu" and is_channels_last(x):
+        if (PLAIN_GROUP_NORM and x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= PLAIN_MAX_POSITIONS
+                and self.num_channels // self.num_groups <= PLAIN_MAX_GROUP_CHANNELS and is_channels_last(x)):
             x = x.contiguous()
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
