@@ -437,9 +437,13 @@ def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():
         layer.float()
         conv.forget_packed()
         expect(7)
+    w = layer.weight
+    with torch.no_grad():
+        assert conv.use_packed(torch.empty(1, 8, 64, 64), w) and not conv.use_packed(torch.empty(1, 8, 64, 65), w)
+        assert not conv.use_packed(torch.empty(2, 8, 64, 64), w)  # PACK_MAX_POSITIONS counts batch x height x width
     key = id(layer.weight)
     assert key in conv._PACKED
-    del layer, hook
+    del layer, hook, w
     gc.collect()
     assert key not in conv._PACKED  # the kept copy leaves with its parameter
 
