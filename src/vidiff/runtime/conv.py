@@ -89,11 +89,14 @@ def conv2d_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """The convolution through oneDNN with ``weight`` reordered once and kept for ``param``; channels-last output.
 
     The kept copy is rebuilt when the parameter's storage, version (in-place updates), strides or a sample of its
-    values change (an edit through ``.data``, which bumps no version, still changes the sample)."""
+    values change (an edit through ``.data``, which bumps no version, still changes the sample), and when the input's
+    shape changes: oneDNN picks the blocked layout for the input it is given (a batch of one gets another than a
+    larger batch), and a weight kept in the other one is reordered back on every call (20-30x slower at 128
+    channels on 8x8). A shape change costs one reorder, the price of a call without a kept weight."""
     stride, padding = list(_pair(stride)), list(_pair(padding))
     flat = weight.reshape(-1)
     sample = flat[:: max(1, flat.numel() // _FINGERPRINT)]
-    key = (weight.data_ptr(), param._version, tuple(weight.shape), weight.stride(), tuple(stride), tuple(padding))
+    key = (weight.data_ptr(), param._version, tuple(weight.shape), weight.stride(), tuple(stride), tuple(padding), tuple(x.shape))
     kept = _PACKED.get(id(param))
     if kept is None or kept[0] != key or not torch.equal(kept[1], sample):
         if kept is None:
