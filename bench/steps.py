@@ -26,17 +26,23 @@ import run as bench  # noqa: E402
 
 
 def unet_inputs(pipe, spec: dict):
-    """(args, kwargs) of the pipeline's first UNet call (the pipeline runs once, 1 step where allowed)."""
+    """(args, kwargs) of the pipeline's first UNet call (the pipeline runs once, 1 step where allowed); for
+    Text2Video-Zero its last call: the first calls denoise the first frame alone (one frame per guidance half), the
+    last ones every frame with cross-frame attention, the stage the pipeline is for. The UNet keeps the attention
+    processors it had during that call (both libraries' Text2Video-Zero restore theirs when the call returns)."""
     import torch
 
     captured = {}
+    last = spec["kind"] == "t2v-zero"
 
     class _Stop(Exception):
         pass
 
     def pre(module, args, kwargs):
         captured["call"] = (args, kwargs)
-        raise _Stop
+        captured["processors"] = module.attn_processors  # (Text2Video-Zero sets cross-frame ones for its call)
+        if not last:
+            raise _Stop
 
     handle = pipe.unet.register_forward_pre_hook(pre, with_kwargs=True)
     pipe.set_progress_bar_config(disable=True)
@@ -48,6 +54,7 @@ def unet_inputs(pipe, spec: dict):
         pass
     finally:
         handle.remove()
+    pipe.unet.set_attn_processor(captured["processors"])  # the timed calls run the processors the pipeline ran
     return captured["call"]
 
 
@@ -55,7 +62,7 @@ def _sample(out):
     return (out[0] if isinstance(out, tuple) else out.sample).float()
 
 
-def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
+def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None = None) -> dict:
     import diffusers
     import torch
 
@@ -64,6 +71,8 @@ def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
 
     guidance.SPLIT_MIN_POSITIONS = None  # the whole guidance batch in one UNet call, as the reference makes it
     spec = bench.CASES[case]
+    if call:  # --call: the case's pipeline call with these arguments changed (the captured UNet inputs follow)
+        spec = dict(spec, call=dict(spec["call"], **call))
     folder = bench.case_folder(case, cache)
     pipes = {lib.__name__: bench.load_pipeline(lib, spec["kind"], folder) for lib in (vidiff, diffusers)}
     inputs = {name: unet_inputs(pipe, spec) for name, pipe in pipes.items()}
@@ -95,6 +104,22 @@ def compare(case: str, cache: Path, steps: int, flops: bool) -> dict:
     return result
 
 
+def parse_call(text: str) -> dict:
+    """'a=1,b=2.5' -> {'a': 1, 'b': 2.5} (values are Python literals)."""
+    import ast
+
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise SystemExit(f"--call: expected name=value, got {item!r}")
+        try:
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--call: {value.strip()!r} is not a Python literal (in {item!r})") from None
+    return out
+
+
 def sgemm_rate(n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of an n x n float32 matrix product on this machine now: the practical arithmetic ceiling."""
     import torch
@@ -117,7 +142,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
     ap.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per library)")
+    ap.add_argument("--call", default="", help="pipeline arguments to change, e.g. 'guidance_scale=1.0' or "
+                    "'min_guidance_scale=1.0,max_guidance_scale=1.0' (Python literals)")
     args = ap.parse_args()
+    call = parse_call(args.call)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -131,12 +159,13 @@ def main() -> None:
     peak = [sgemm_rate()]
     rows = []
     for case in cases:
-        r = compare(case, args.cache, args.steps, flops=not args.no_flops)
+        r = compare(case, args.cache, args.steps, flops=not args.no_flops, call=call)
         rows.append(r)
         print(f"  {case}: vidiff {r['vidiff_s']:.3f}s reference {r['reference_s']:.3f}s ratio {r['ratio']:.2f}x", flush=True)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     peak.append(sgemm_rate())
-    print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; {args.steps} alternating calls each")
+    print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; {args.steps} alternating calls each"
+          + (f"; call changed: {call}" if call else ""))
     print(f"2048x2048 float32 matmul before / after: {peak[0]:.0f} / {peak[1]:.0f} GFLOP/s (the practical ceiling)")
     print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff | GFLOP/step | GFLOP/s |")
     print("|---|---|---|---|---|---|")
