@@ -45,8 +45,7 @@ MID_UNET3D = dict(MID_UNET, down_block_types=("CrossAttnDownBlock3D",) * 2 + ("D
                   up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2)
 # UNet2DConditionModel reads attention_head_dim as the number of heads (a naming slip it keeps for its checkpoints):
 # 8, as in Stable Diffusion 1.5 (the AnimateDiff / Text2Video-Zero base), i.e. head dims 8 and 16 at these widths.
-# (Until session 8 these cases inherited MID_UNET's 32, i.e. head dim 2-4, where the same SDPA kernel in both libraries
-# was a third to a half of the step.)
+# (MID_UNET's 32 would mean head dim 2-4, where the same SDPA kernel in both libraries takes a third to a half of the step.)
 MID_UNET2D = dict(MID_UNET, attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
                   up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2)
 MID_CALL = dict(num_frames=4, height=64, width=64, num_inference_steps=4)
