@@ -4,8 +4,13 @@
     python bench/memory.py --cases t2v-mid --size 192 --frames 8
 
 Every option runs in its own subprocess (peak RSS is per process), on vidiff only: the figures are the peak resident
-memory of the whole call, its growth over the RSS after loading (what the option can shrink), and the largest
-frame difference from the plain run (chunking must not change the frames: within 1e-5). The folders are bench/run.py's.
+memory of the whole call, its growth over the RSS after loading (what the option can shrink), the peaks of the UNet
+calls and of the VAE decode apart (an option for one of them can only lower the run's peak when that one sets it),
+and the largest frame difference from the plain run (chunking must not change the frames: within 1e-5). The folders
+are bench/run.py's.
+
+The phase peaks are exact on Linux: the kernel's high-water mark (VmHWM) is read and reset (/proc/self/clear_refs)
+at every phase boundary; elsewhere only the whole call's peak is reported.
 """
 
 from __future__ import annotations
@@ -35,6 +40,56 @@ OPTIONS: dict[str, tuple[Callable | None, dict]] = {
 SVD_OPTIONS = ("plain", "decode_chunk_size=1", "enable_forward_chunking")  # its temporal VAE has no slicing / tiling
 
 
+class Phases:
+    """Peak RSS (MB) per phase of a run: "unet" (its calls), "decode" (``vae.decode`` calls) and "other" (the rest).
+
+    Linux's VmHWM is the peak since its last reset; each phase change records it for the phase that ends and resets
+    it, so every peak belongs to one phase and the run's peak is the largest of them."""
+
+    def __init__(self):
+        self.peaks: dict[str, float] = {}
+        self.current = "other"
+        try:
+            self._reset()
+            self.enabled = self._hwm_mb() is not None
+        except OSError:
+            self.enabled = False
+
+    @staticmethod
+    def _hwm_mb() -> float | None:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def enter(self, name: str) -> None:
+        if self.enabled:
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), self._hwm_mb())
+            self._reset()
+        self.current = name
+
+    def watch(self, pipe) -> None:
+        """Mark the UNet's calls and the VAE's decodes of ``pipe``."""
+        pipe.unet.register_forward_pre_hook(lambda module, args: self.enter("unet"))
+        pipe.unet.register_forward_hook(lambda module, args, output: self.enter("other"))
+        decode = pipe.vae.decode
+
+        def watched(*args, **kwargs):
+            self.enter("decode")
+            try:
+                return decode(*args, **kwargs)
+            finally:
+                self.enter("other")
+
+        pipe.vae.decode = watched
+
+
 def worker(case: str, folder: Path, option: str, size: int, frames: int, out: Path) -> None:
     import numpy as np
     import torch
@@ -59,11 +114,17 @@ def worker(case: str, folder: Path, option: str, size: int, frames: int, out: Pa
         call["image"] = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     else:
         call["prompt"] = "a red panda eating bamboo"
+    phases = Phases()  # (resets the high-water mark: from here on the run's peak is the largest phase peak)
+    phases.watch(pipe)
     t0 = time.perf_counter()
     with torch.inference_mode():
         video = np.asarray(pipe(**call).frames, dtype=np.float32)
+    e2e_s = time.perf_counter() - t0
+    phases.enter("other")  # closes the last phase
+    peak = max(phases.peaks.values()) if phases.enabled else run._peak_rss_mb()
     np.save(out.with_suffix(".npy"), video)
-    out.write_text(json.dumps(dict(option=option, rss_mb=run._peak_rss_mb(), rss_load_mb=rss_load, e2e_s=time.perf_counter() - t0)))
+    out.write_text(json.dumps(dict(option=option, rss_mb=max(peak, rss_load), rss_load_mb=rss_load, e2e_s=e2e_s,
+                                   phases=phases.peaks if phases.enabled else {})))
 
 
 def main() -> None:
@@ -84,7 +145,8 @@ def main() -> None:
     runs = args.cache / "runs" / ("memory-" + time.strftime("%Y%m%d-%H%M%S"))
     runs.mkdir(parents=True)
     lines = [f"vidiff peak RSS per option ({args.size}x{args.size}, {args.frames} frames, 2 steps, {args.threads} threads)", "",
-             "| case | option | peak RSS MB | growth over load MB | growth vs plain | max frame diff vs plain |", "|---|---|---|---|---|---|"]
+             "| case | option | peak RSS MB | growth over load MB | growth vs plain | UNet peak MB (growth vs plain) | "
+             "decode peak MB (growth vs plain) | max frame diff vs plain |", "|---|---|---|---|---|---|---|---|"]
     for case in [c for c in args.cases.split(",") if c]:
         folder = args.cache / f"{case}-{hashlib.sha1(repr(run.CASES[case]).encode()).hexdigest()[:8]}"
         if not folder.exists():
@@ -101,13 +163,23 @@ def main() -> None:
             if proc.returncode:
                 raise RuntimeError(f"{case} {option} failed:\n{proc.stderr[-3000:]}")
             results[option] = json.loads(out.read_text())
-            print(f"  {case} {option}: peak {results[option]['rss_mb']:.0f} MB", flush=True)
+            phases = ", ".join(f"{k} {v:.0f}" for k, v in results[option]["phases"].items())
+            print(f"  {case} {option}: peak {results[option]['rss_mb']:.0f} MB ({phases})", flush=True)
         base = np.load(runs / f"{case}-plain.npy")
-        grow0 = results["plain"]["rss_mb"] - results["plain"]["rss_load_mb"]
+        plain = results["plain"]
+        grow0 = plain["rss_mb"] - plain["rss_load_mb"]
+
+        def phase(r: dict, name: str) -> str:
+            if name not in r["phases"] or name not in plain["phases"]:
+                return "-"
+            grow, grow_plain = r["phases"][name] - r["rss_load_mb"], plain["phases"][name] - plain["rss_load_mb"]
+            return f"{r['phases'][name]:.0f} ({grow / grow_plain:.2f}x)"
+
         for option, r in results.items():
             grow = r["rss_mb"] - r["rss_load_mb"]
             diff = float(np.abs(np.load(runs / f"{case}-{option}.npy") - base).max())
-            lines.append(f"| {case} | {option} | {r['rss_mb']:.0f} | {grow:.0f} | {grow / grow0:.2f}x | {diff:.1e} |")
+            lines.append(f"| {case} | {option} | {r['rss_mb']:.0f} | {grow:.0f} | {grow / grow0:.2f}x | {phase(r, 'unet')} | "
+                         f"{phase(r, 'decode')} | {diff:.1e} |")
     print()
     print("\n".join(lines))
 
