@@ -387,8 +387,8 @@ def test_group_norm_keeps_large_or_wide_group_maps_channels_last():
 
 def test_packed_weight_is_kept_and_rebuilt_when_the_weight_changes():
     """One reorder per weight; rebuilt after an in-place update, an edit through ``.data`` (which bumps no version),
-    a LoRA fuse, a new tensor, a new input shape; dropped with its layer; not used with autograd, under PACK_WEIGHTS=False, or for
-    float64."""
+    a LoRA fuse, a new tensor, a new input shape; dropped with its layer; not used with autograd, under
+    PACK_WEIGHTS=False, or for float64."""
     import gc
 
     from vidiff.layers.lora import LoraHook
