@@ -11,10 +11,10 @@ Every other CPU float32 convolution without autograd on a map of at most :data:`
 goes to oneDNN with its weight reordered once (:func:`conv2d_packed`): the blocked copy is kept per weight
 (:data:`PACK_WEIGHTS`; one extra copy of those convolution weights in memory, rebuilt when the weight or the input
 shape changes) and the output comes back channels-last, oneDNN's own layout, which the following layers keep (no
-transposes back and forth). Measured in one process, alternating: a t2v-full UNet call 0.85x, t2v-mid and svd-mid 0.95x; per layer
-1.1-1.7x (640 -> 640 at 8x8: 84 -> 142 GFLOP/s). Larger maps (the VAE decoders) keep the per-call reorder, which
-their arithmetic hides: there the channels-last path raised svd-mid-256's peak RSS by 50-100 MB. Elsewhere, on
-other devices and dtypes, with autograd, and under ``torch.compile``, it is ``F.conv2d``.
+transposes back and forth). Measured in one process, alternating: a t2v-full UNet call 0.85x, t2v-mid and
+svd-mid 0.95x; per layer 1.1-1.7x (640 -> 640 at 8x8: 84 -> 142 GFLOP/s). Larger maps (the VAE decoders) keep the
+per-call reorder, which their arithmetic hides: there the channels-last path raised svd-mid-256's peak RSS by
+50-100 MB. Elsewhere, on other devices and dtypes, with autograd, and under ``torch.compile``, it is ``F.conv2d``.
 
 :class:`Conv2d` is ``nn.Conv2d`` (same arguments, parameters and state-dict keys) with its forward going through
 :func:`conv2d`; the ResNet blocks, down- and upsamplers build their convolutions with it, and ``FrameConv`` calls
