@@ -98,6 +98,19 @@ def test_matches_reference(ref, ours, cfg):
     assert not any(isinstance(p, vidiff.CrossFrameAttnProcessor2_0) for p in ours.unet.attn_processors.values())
 
 
+def test_all_frames_stage_shares_one_text_context_per_copy(ours):
+    """The UNet calls that denoise every frame get [uncond, cond] once (2 rows for 2 x frames samples), not a copy
+    per frame: the text's keys and values are projected once per copy (frames match the reference: above)."""
+    calls = []
+    hook = ours.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append((a[0].shape[0], kw["encoder_hidden_states"].shape[0])), with_kwargs=True)
+    try:
+        ours(prompt="a cat", video_length=3, height=16, width=16, num_inference_steps=3, t0=0, t1=1, generator=_gen(0))
+    finally:
+        hook.remove()
+    assert calls[0] == (2, 2) and calls[-1] == (6, 2)
+
+
 def test_guidance_off_matches_reference_algorithm(ref, ours, monkeypatch):
     """The reference cannot run guidance_scale <= 1 (it concatenates None); its algorithm with the missing pieces
     filled in (no negative embeddings, cross-frame groups of one batch) is the oracle."""
@@ -238,6 +251,14 @@ def test_processor_matches_reference(variant, batch_size, frames):
     ours.set_processor(ours_cls(batch_size=batch_size))
     with torch.no_grad():
         assert (ours(x, ctx) - ref(x, ctx)).abs().max() < 1e-6  # cross-attention untouched
+        # one context per copy of the video, shared by its frames (as the pipeline passes it): the reference's
+        # output for that context repeated per frame; the SDPA variant projects its keys once per copy
+        shared = ctx[::frames]
+        key_rows.clear()
+        ours.to_k.register_forward_pre_hook(lambda m, a: key_rows.append(a[0].shape[0]))
+        expected = ref(x, shared.repeat_interleave(frames, dim=0))
+        assert (ours(x, shared) - expected).abs().max() < 1e-6
+    assert key_rows == [batch_size if variant.endswith("2_0") else batch_size * frames]
 
 
 def test_processor_on_unet_matches_reference(ref, ours):

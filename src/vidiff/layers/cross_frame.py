@@ -69,27 +69,34 @@ class CrossFrameAttnProcessor(_CrossFrameBase):
 
 
 class CrossFrameAttnProcessor2_0(_CrossFrameBase):
-    """Cross-frame attention through ``torch.nn.functional.scaled_dot_product_attention``."""
+    """Cross-frame attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Shares context (``shares_context``, as :class:`~vidiff.layers.attention.AttnProcessor2_0`): the cross-attention
+    may get one text context per group of consecutive rows (one per copy of the video, as the Text2Video-Zero
+    pipeline passes it); keys and values are projected once per context and the group's frames attend as one query
+    sequence, the same sums as a context repeated per frame."""
+
+    shares_context = True
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         residual = hidden_states
         hidden_states, shape4d = _flatten_input(attn, hidden_states)
-        b, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, b)
-            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k
-        groups = b  # rows of keys and values
-        if encoder_hidden_states is None and attention_mask is None and attn.group_norm is None and b >= self.batch_size:
+        batch, n_q, _ = hidden_states.shape
+        groups, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape  # rows of k, v
+        if attention_mask is not None:  # (Attention.forward repeats a shared context when there is a mask)
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, groups)
+            attention_mask = attention_mask.view(groups, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k
+        if encoder_hidden_states is None and attention_mask is None and attn.group_norm is None and batch >= self.batch_size:
             # keys and values of the first frames only; a group's frames attend as one query sequence
-            check_groups(b, self.batch_size)
+            check_groups(batch, self.batch_size)
             groups = self.batch_size
-            first = hidden_states.reshape(groups, b // groups, *hidden_states.shape[1:])[:, 0]  # groups n c
+            first = hidden_states.reshape(groups, batch // groups, *hidden_states.shape[1:])[:, 0]  # groups n c
             query, key, value = attn.to_q(hidden_states), attn.to_k(first), attn.to_v(first)
         else:
             query, key, value = self._qkv(attn, hidden_states, encoder_hidden_states)
         head_dim = query.shape[-1] // attn.heads
         query, key, value = (t.view(groups, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
         out = sdpa(query, key, value, attn_mask=attention_mask)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)  # b n (heads d)
+        out = out.transpose(1, 2).reshape(batch, n_q, attn.heads * head_dim).to(query.dtype)  # b n (heads d)
         return _finish(attn, out, residual, shape4d)

@@ -172,8 +172,8 @@ class TextToVideoZeroPipeline(StableDiffusionBase):
             return x1_t0
         xk_t0 = create_motion_field_and_warp_latents(motion[0], motion[1], frame_ids[1:], x1_t0.repeat(video_length - 1, 1, 1, 1))
         xk_t1 = self.forward_loop(xk_t0, timesteps[-t0 - 1].item(), timesteps[-t1 - 1].item(), generator)
-        b, l, d = prompt_embeds.shape  # every frame gets its own copy of [uncond, cond]
-        prompt_embeds = prompt_embeds[:, None].repeat(1, video_length, 1, 1).reshape(b * video_length, l, d)
+        # prompt_embeds stays one row per copy of the video ([uncond, cond]) for a batch of (copies x frames): the
+        # attention layers read it as shared by each copy's frames (the reference repeats it for every frame)
         self.scheduler = scheduler_at_t1
         return self.backward_loop(torch.cat([x1_t1, xk_t1]), timesteps[-t1 - 1 :], prompt_embeds, step, n - t1 - 1, callbacks)
 
