@@ -136,9 +136,12 @@ def _peak_rss_mb() -> float:
 
 
 def cpu_kernel_flops():
-    """FlopCounterMode has no formula for the CPU flash-attention op or for oneDNN's convolution with a reordered
-    weight (vidiff.runtime.conv); count them as the other SDPA kernels and as aten.convolution."""
+    """FlopCounterMode has no formula for the CPU flash-attention op, for oneDNN's convolution with a reordered
+    weight (vidiff.runtime.conv) or for oneDNN's matrix product (vidiff.runtime.linear); count them as the other
+    SDPA kernels, as aten.convolution and as aten.mm."""
     import torch
+    from math import prod
+
     from torch.utils.flop_counter import conv_flop_count, sdpa_flop_count
 
     def attention(q, k, v, *args, out_shape=None, **kwargs):
@@ -147,8 +150,11 @@ def cpu_kernel_flops():
     def convolution(x, w, *args, out_shape=None, **kwargs):
         return conv_flop_count(x, w, out_shape, transposed=False)
 
+    def matmul(x, w, *args, out_shape=None, **kwargs):
+        return 2 * prod(x) * w[0]  # (the counter passes shapes) rows x inputs x outputs multiply-adds
+
     return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention,
-            torch.ops.mkldnn._convolution_pointwise: convolution}
+            torch.ops.mkldnn._convolution_pointwise: convolution, torch.ops.mkldnn._linear_pointwise: matmul}
 
 
 def load_pipeline(lib_mod, kind: str, folder: Path):

@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vidiff
 from tiny import (ref_i2vgen_pipeline, ref_pix2pix_pipeline, ref_sd_controlnet_pipeline, ref_svd_pipeline, ref_t2v_pipeline,
@@ -262,6 +263,21 @@ def test_channels_last_keeps_its_layout_and_the_frames(folders, name, monkeypatc
     _close(frames, base)
 
 
+class _OpSpy(TorchDispatchMode):
+    """Names of the aten / mkldnn ops run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
 # ---------------------------------------------------------------------------------------------- convolution kernels
 @pytest.mark.parametrize("shape, kernel, stride, padding, bias", [
     ((2, 8, 5, 7), (3, 3), 1, 1, True),  # non-square map
@@ -290,8 +306,31 @@ def test_gemm_convolution_is_conv2d(shape, kernel, stride, padding, bias):
     torch.testing.assert_close(cl, want.detach(), rtol=1e-12, atol=1e-12)
 
 
-def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
+@needs_onednn
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gemm_convolution_through_onednn_is_conv2d(channels_last, monkeypatch):
+    """With oneDNN's matrix product (runtime.linear, forced on) the im2col product gives F.conv2d's values, in the
+    input's layout."""
+    from vidiff.runtime import conv, linear
+
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 8, 5, 4, generator=g), torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), _OpSpy() as spy:
+        got = conv.conv2d_gemm(x, w, b, 1, 1)
+    assert "_linear_pointwise" in spy.ops and "addmm" not in spy.ops
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(x, w, b, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps(monkeypatch):
+    from vidiff.runtime import conv
     from vidiff.runtime.conv import Conv2d, use_gemm
+
+    monkeypatch.setattr(conv, "GEMM_MAX_MAP", None)  # the AVX2 thresholds; the AVX-512 limit below
 
     def case(n, c, o, hw, k=(3, 3), stride=1, pad=1, dtype=torch.float32, device="cpu"):
         x = torch.empty((n, c) + hw, dtype=dtype, device=device)
@@ -304,9 +343,79 @@ def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
     assert not case(8, 1280, 1280, (4, 4), dtype=torch.bfloat16) and not case(8, 1280, 1280, (4, 4), device="meta")
     w = torch.empty(1280, 1280, 3, 3).contiguous(memory_format=torch.channels_last)  # runtime.layout.channels_last
     assert not use_gemm(torch.empty(8, 1280, 4, 4), w, 1, 1)  # reshaping it would copy the weight on every call
+    monkeypatch.setattr(conv, "GEMM_MAX_MAP", 4)  # AVX-512: oneDNN's direct kernel down to 4x4 maps
+    assert case(8, 1280, 1280, (2, 2)) and not case(8, 1280, 1280, (4, 4))
+    assert not case(2, 1280, 1280, (4, 16), k=(3, 1), pad=(1, 0))
     layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(layer(x), torch.nn.Conv2d.forward(layer, x), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- matrix-product kernels
+@needs_onednn
+@pytest.mark.parametrize("shape, bias", [((3, 5, 24), True), ((7, 24), False), ((2, 4, 3, 24), True)], ids=["3d", "2d-nobias", "4d"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
+    """runtime.linear.linear through oneDNN (forced on, any size) gives F.linear's values; off, it is F.linear."""
+    from vidiff.runtime import linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape[:-1] + (2 * shape[-1],), generator=g)[..., ::2] if layout == "strided" else torch.randn(shape, generator=g)
+    w, b = torch.randn(40, shape[-1], generator=g), (torch.randn(40, generator=g) if bias else None)
+    want = torch.nn.functional.linear(x, w, b)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    with torch.no_grad(), _OpSpy() as spy:
+        got = linear.linear(x, w, b)
+    assert spy.ops == ["_linear_pointwise"]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    with torch.no_grad(), _OpSpy() as spy:
+        assert torch.equal(linear.linear(x, w, b), want)
+    assert "_linear_pointwise" not in spy.ops
+
+
+def test_onednn_linear_choice(monkeypatch):
+    """oneDNN only for large float32 CPU products without autograd; Linear keeps nn.Linear's keys and is what the
+    attention and feed-forward layers are built with."""
+    from vidiff.layers.attention import Attention
+    from vidiff.layers.transformers import FeedForward
+    from vidiff.runtime import linear
+
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    x, w = torch.empty(128, 1280), torch.empty(1280, 1280)
+    with torch.no_grad():
+        assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
+        assert not linear.use_onednn(torch.empty(2, 256), torch.empty(256, 256))  # small: F.linear's lower fixed cost
+        assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
+        assert not linear.use_onednn(x.double(), w.double())
+    assert not linear.use_onednn(x, w)  # autograd on: F.linear
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    with torch.no_grad():
+        assert not linear.use_onednn(x, w)
+    layer = linear.Linear(8, 4)
+    assert isinstance(layer, torch.nn.Linear) and list(layer.state_dict()) == list(torch.nn.Linear(8, 4).state_dict())
+    attn, ff = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), FeedForward(16)
+    assert all(type(m) is linear.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0], ff.net[0].proj, ff.net[2]))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline"])
+def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypatch):
+    """With oneDNN forced for every linear layer of every model (the tiny models' products are below the real size
+    threshold), the frames stay those of F.linear."""
+    from vidiff.runtime import linear
+
+    pipe = _load(folders, name)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    base = _run(pipe, name)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    with _OpSpy() as spy:
+        frames = _run(pipe, name)
+    assert spy.ops.count("_linear_pointwise") > 20, spy.ops.count("_linear_pointwise")
+    _close(frames, base)
 
 
 @pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
@@ -320,6 +429,7 @@ def test_gemm_convolutions_everywhere_give_the_same_frames(folders, name, monkey
     calls = []
     monkeypatch.setattr(conv, "GEMM_MIN_WEIGHT", 0)
     monkeypatch.setattr(conv, "GEMM_MAX_POSITIONS", 1 << 30)
+    monkeypatch.setattr(conv, "GEMM_MAX_MAP", None)
     monkeypatch.setattr(conv, "conv2d_gemm", lambda *a, f=conv.conv2d_gemm: calls.append(1) or f(*a))
     frames = _run(pipe, name)
     assert len(calls) > 20, len(calls)
@@ -569,7 +679,7 @@ def test_gated_gelu_in_column_blocks_is_the_reference_geglu(monkeypatch, bias):
         want = ref(x)
         monkeypatch.setattr(chunking, "COLUMN_BLOCK_BYTES", 64 * 48 * 4)  # 64 columns per block: 64, 64, 64, 8
         products = []
-        monkeypatch.setattr(chunking.F, "linear", lambda x, w, b=None, f=chunking.F.linear: products.append(w.shape[0]) or f(x, w, b))
+        monkeypatch.setattr(chunking, "linear", lambda x, w, b=None, f=chunking.linear: products.append(w.shape[0]) or f(x, w, b))
         got = mine(x)
     assert products == [64, 64, 64, 64, 64, 64, 8, 8]  # value and gate block of each column range
     assert got.shape == want.shape and got.is_contiguous()
@@ -840,8 +950,9 @@ def test_in_place_helpers_keep_values_and_autograd():
         outs.append((out.detach(), hh.grad, block.temporal_res_block.conv1.weight.grad))
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the reference convolves frames with Conv3d
-    from vidiff.runtime import conv
+    from vidiff.runtime import conv, linear
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv, "PACK_WEIGHTS", False)  # the same convolution kernel as with autograd, to compare bit for bit
+        mp.setattr(linear, "ONEDNN_LINEAR", False)  # and the same matrix-product kernel
         assert torch.equal(ours(h, temb, image_only_indicator=torch.zeros(2, 2)), outs[0][0])  # in place = out of place

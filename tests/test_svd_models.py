@@ -168,9 +168,10 @@ def _small_unet():
 
 
 def test_unet_compiles_without_graph_breaks(monkeypatch):
-    from vidiff.runtime import conv
+    from vidiff.runtime import conv, linear
 
     monkeypatch.setattr(conv, "PACK_WEIGHTS", False)  # eager runs F.conv2d too, as the traced graph does: bit for bit
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)  # and F.linear
     ours = _small_unet()
     sample, context, ids = _unet_inputs(ours, batch=1, frames=2, h=8, w=8)
     compiled = torch.compile(ours, fullgraph=True, backend="eager")  # dynamo raises on any graph break

@@ -229,9 +229,10 @@ def test_from_pretrained_folder_written_by_reference(tmp_path):
 
 def test_fullgraph_trace_without_graph_breaks(monkeypatch):
     """Dynamo traces the whole forward in one graph (the eager backend keeps this test fast)."""
-    from vidiff.runtime import conv
+    from vidiff.runtime import conv, linear
 
     monkeypatch.setattr(conv, "PACK_WEIGHTS", False)  # eager runs F.conv2d too, as the traced graph does: bit for bit
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)  # and F.linear
     _, ours = unet_pair("mixed_l1")
     sample, context = inputs("mixed_l1", 3)
     torch._dynamo.reset()

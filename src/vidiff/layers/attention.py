@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from ..runtime.attention import scaled_dot_product_attention as sdpa
 from ..runtime.layout import GroupNorm
+from ..runtime.linear import Linear
 from ..runtime.memory import add_
 
 logger = logging.getLogger(__name__)
@@ -123,10 +124,10 @@ class Attention(nn.Module):
         self.spatial_norm = self.norm_cross = self.norm_q = self.norm_k = None
         self.add_q_proj = self.add_k_proj = self.add_v_proj = self.to_add_out = None
 
-        self.to_q = nn.Linear(query_dim, self.inner_dim, bias=bias)
-        self.to_k = nn.Linear(self.cross_attention_dim, self.inner_kv_dim, bias=bias)
-        self.to_v = nn.Linear(self.cross_attention_dim, self.inner_kv_dim, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, self.out_dim, bias=out_bias), nn.Dropout(dropout)])
+        self.to_q = Linear(query_dim, self.inner_dim, bias=bias)
+        self.to_k = Linear(self.cross_attention_dim, self.inner_kv_dim, bias=bias)
+        self.to_v = Linear(self.cross_attention_dim, self.inner_kv_dim, bias=bias)
+        self.to_out = nn.ModuleList([Linear(self.inner_dim, self.out_dim, bias=out_bias), nn.Dropout(dropout)])
         self.set_processor(processor if processor is not None else self._default_processor())
 
     def _default_processor(self):

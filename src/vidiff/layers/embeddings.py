@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ..runtime.linear import Linear
 from .resnets import get_activation
 
 # Devices without float64 / int64 kernels: timesteps given as Python numbers are made in 32 bits there.
@@ -110,10 +111,10 @@ class TimestepEmbedding(nn.Module):
         sample_proj_bias: bool = True,
     ):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim, sample_proj_bias)
-        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
+        self.linear_1 = Linear(in_channels, time_embed_dim, sample_proj_bias)
+        self.cond_proj = Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
         self.act = get_activation(act_fn)
-        self.linear_2 = nn.Linear(time_embed_dim, out_dim if out_dim is not None else time_embed_dim, sample_proj_bias)
+        self.linear_2 = Linear(time_embed_dim, out_dim if out_dim is not None else time_embed_dim, sample_proj_bias)
         self.post_act = get_activation(post_act_fn) if post_act_fn is not None else None
 
     def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..runtime.conv import Conv2d
 from ..runtime.layout import GroupNorm
+from ..runtime.linear import Linear
 from ..runtime.memory import act_, add_, untracked
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -83,7 +84,7 @@ class ResnetBlock2D(nn.Module):
             self.time_emb_proj = None
         else:
             scale = 2 if time_embedding_norm == "scale_shift" else 1
-            self.time_emb_proj = nn.Linear(temb_channels, scale * out_channels)
+            self.time_emb_proj = Linear(temb_channels, scale * out_channels)
         self.norm2 = GroupNorm(num_groups=groups_out or groups, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = Conv2d(out_channels, conv_2d_out_channels, kernel_size=3, stride=1, padding=1)

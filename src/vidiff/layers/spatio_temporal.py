@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..runtime.layout import GroupNorm, tokens_to_map
+from ..runtime.linear import Linear
 from ..runtime.memory import act_, add_, untracked
 from .attention import Attention
 from .embeddings import TimestepEmbedding, Timesteps
@@ -94,7 +95,7 @@ class TemporalResnetBlock(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = GroupNorm(num_groups=32, num_channels=in_channels, eps=eps, affine=True)
         self.conv1 = FrameConv(in_channels, out_channels)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = GroupNorm(num_groups=32, num_channels=out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(0.0)
         self.conv2 = FrameConv(out_channels, out_channels)
@@ -220,7 +221,7 @@ class TransformerSpatioTemporalModel(nn.Module):
         self.inner_dim = inner_dim = num_attention_heads * attention_head_dim
         self.in_channels = in_channels
         self.norm = GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6)
-        self.proj_in = nn.Linear(in_channels, inner_dim)
+        self.proj_in = Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, num_attention_heads, attention_head_dim, cross_attention_dim=cross_attention_dim)
             for _ in range(num_layers))
@@ -232,7 +233,7 @@ class TransformerSpatioTemporalModel(nn.Module):
         self.time_proj = Timesteps(in_channels, True, 0)
         self.time_mixer = AlphaBlender(alpha=0.5, merge_strategy="learned_with_images")
         self.out_channels = in_channels if out_channels is None else out_channels
-        self.proj_out = nn.Linear(inner_dim, in_channels)  # in_channels, not out_channels, as the reference
+        self.proj_out = Linear(inner_dim, in_channels)  # in_channels, not out_channels, as the reference
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,

@@ -17,6 +17,7 @@ from torch import nn
 from ..models.outputs import BaseOutput
 from ..runtime.chunking import gated_gelu, map_rows, plain_linear
 from ..runtime.layout import GroupNorm, is_channels_last, tokens_to_map
+from ..runtime.linear import Linear
 from .attention import Attention
 from .embeddings import SinusoidalPositionalEmbedding
 
@@ -29,7 +30,7 @@ class GELU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, approximate: str = "none", bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
+        self.proj = Linear(dim_in, dim_out, bias=bias)
         self.approximate = approximate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
+        self.proj = Linear(dim_in, dim_out * 2, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() and plain_linear(self.proj, hidden_states):
@@ -58,7 +59,7 @@ class ApproximateGELU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
+        self.proj = Linear(dim_in, dim_out, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
@@ -93,7 +94,7 @@ class FeedForward(nn.Module):
         inner_dim = int(dim * mult) if inner_dim is None else inner_dim
         dim_out = dim_out if dim_out is not None else dim
         layers = [
-            _FF_ACTIVATIONS[activation_fn](dim, inner_dim, bias), nn.Dropout(dropout), nn.Linear(inner_dim, dim_out, bias=bias)
+            _FF_ACTIVATIONS[activation_fn](dim, inner_dim, bias), nn.Dropout(dropout), Linear(inner_dim, dim_out, bias=bias)
         ]  # fmt: skip
         if final_dropout:
             layers.append(nn.Dropout(dropout))
@@ -344,7 +345,7 @@ class Transformer2DModel(nn.Module):
 
         self.norm = GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
         if use_linear_projection:
-            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_in = Linear(in_channels, inner_dim)
         else:
             self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList(
@@ -358,7 +359,7 @@ class Transformer2DModel(nn.Module):
             for _ in range(num_layers)
         )
         if use_linear_projection:
-            self.proj_out = nn.Linear(inner_dim, self.out_channels)
+            self.proj_out = Linear(inner_dim, self.out_channels)
         else:
             self.proj_out = nn.Conv2d(inner_dim, self.out_channels, kernel_size=1, stride=1, padding=0)
 
@@ -432,7 +433,7 @@ class TransformerTemporalModel(nn.Module):
         inner_dim = num_attention_heads * attention_head_dim
 
         self.norm = GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Linear(in_channels, inner_dim)
+        self.proj_in = Linear(in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
                 inner_dim, num_attention_heads, attention_head_dim, dropout=dropout, cross_attention_dim=cross_attention_dim,
@@ -442,7 +443,7 @@ class TransformerTemporalModel(nn.Module):
             )  # fmt: skip
             for _ in range(num_layers)
         )
-        self.proj_out = nn.Linear(inner_dim, in_channels)
+        self.proj_out = Linear(inner_dim, in_channels)
 
     def forward(
         self,

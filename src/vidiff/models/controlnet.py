@@ -29,6 +29,7 @@ from ..configuration import Config, ConfigError
 from ..layers.attention import AttentionProcessorMixin
 from ..layers.embeddings import TimestepEmbedding, add_text_time_embedding, add_unet_stem, timesteps_for_batch
 from ..layers.unet_2d_blocks import DOWN_BLOCKS, block_class, get_down_block, get_mid_block
+from ..runtime.linear import Linear
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 from .unet_2d_condition import (
@@ -165,7 +166,7 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin, UNetPassesMixin):
         time_embed_dim = channels[0] * 4
         add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, flip_sin_to_cos=cfg.flip_sin_to_cos,
                       freq_shift=cfg.freq_shift, act_fn=cfg.act_fn)
-        self.encoder_hid_proj = nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
+        self.encoder_hid_proj = Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
         self.class_embedding = self._make_class_embedding(cfg, channels[0], time_embed_dim)
         if cfg.addition_embed_type == "text_time":
             add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim,

@@ -27,6 +27,7 @@ from ..layers.transformers import ForwardChunkingMixin
 from ..layers.unet_2d_blocks import DOWN_BLOCKS, MID_BLOCKS, UP_BLOCKS, block_class, get_down_block, get_mid_block, get_up_block
 from ..layers.unet_passes import FreeUMixin
 from ..runtime.layout import GroupNorm
+from ..runtime.linear import Linear
 from .modeling import ModelMixin
 from .outputs import BaseOutput
 
@@ -282,7 +283,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
         add_unet_stem(self, cfg.in_channels, channels[0], time_embed_dim, conv_kernel=cfg.conv_in_kernel,
                       flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift, act_fn=cfg.act_fn,
                       post_act_fn=cfg.timestep_post_act, cond_proj_dim=cfg.time_cond_proj_dim)
-        self.encoder_hid_proj = nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
+        self.encoder_hid_proj = Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim) if cfg.encoder_hid_dim_type else None
         self.class_embedding = self._make_class_embedding(cfg, channels[0], time_embed_dim)
         if cfg.addition_embed_type == "text_time":
             add_text_time_embedding(self, cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim, time_embed_dim,
@@ -304,7 +305,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, ForwardChunkingM
             return nn.Identity()
         if kind == "projection":
             return TimestepEmbedding(cfg.projection_class_embeddings_input_dim, time_embed_dim)
-        return nn.Linear(cfg.projection_class_embeddings_input_dim, time_embed_dim)  # simple_projection
+        return Linear(cfg.projection_class_embeddings_input_dim, time_embed_dim)  # simple_projection
 
     def _build_blocks(self, cfg: UNet2DConditionConfig, temb: int) -> None:
         channels, n = cfg.block_out_channels, len(cfg.block_out_channels)

@@ -30,6 +30,7 @@ from ..layers.transformers import FeedForward, ForwardChunkingMixin, Transformer
 from ..layers.unet_passes import FreeUMixin
 from ..runtime.guidance import once_for_equal_halves
 from ..runtime.layout import GroupNorm
+from ..runtime.linear import Linear
 from .modeling import ModelMixin
 from .unet_2d_condition import UNetPassesMixin, check_video_sample
 from .unet_3d_condition import UNet3DConditionModel, UNet3DConditionOutput, build_3d_blocks
@@ -145,8 +146,8 @@ class I2VGenXLUNet(ModelMixin, AttentionProcessorMixin, ForwardChunkingMixin, Fr
         self.image_latents_context_embedding = _image_latents_context_embedding(c, dim)
         self.time_proj = Timesteps(channels[0], True, 0)
         self.time_embedding = TimestepEmbedding(channels[0], time_embed_dim, act_fn="silu")
-        self.context_embedding = nn.Sequential(nn.Linear(dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, dim * c))
-        self.fps_embedding = nn.Sequential(nn.Linear(channels[0], time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+        self.context_embedding = nn.Sequential(Linear(dim, time_embed_dim), nn.SiLU(), Linear(time_embed_dim, dim * c))
+        self.fps_embedding = nn.Sequential(Linear(channels[0], time_embed_dim), nn.SiLU(), Linear(time_embed_dim, time_embed_dim))
         build_3d_blocks(self, cfg, time_embed_dim, eps=1e-05, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1)
         self.conv_norm_out = GroupNorm(num_channels=channels[0], num_groups=cfg.norm_num_groups, eps=1e-05)
         self.conv_act = get_activation("silu")

@@ -23,8 +23,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .linear import Linear, linear
 
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of fp32 per block (2^22 and 2^23 read a higher peak RSS on svd-mid-256, single runs)
 MIN_ROWS = 1024  # matrix products with fewer rows lose speed on wide weights (1280 -> 10240: 1.4x slower at 200 rows)
@@ -55,9 +56,9 @@ COLUMN_BLOCK_BYTES = 4 << 20  # weight bytes per half-block (1280 inputs: 768 co
 
 
 def plain_linear(layer: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``layer`` is a bare ``nn.Linear`` on the CPU that no hook (LoRA, offload, user) watches, so that its
+    """Whether ``layer`` is a bare ``nn.Linear`` (or :class:`~vidiff.runtime.linear.Linear`) on the CPU that no hook (LoRA, offload, user) watches, so that its
     weight may be used directly; otherwise callers call the layer."""
-    return (type(layer) is nn.Linear and x.device.type == "cpu" and layer.weight.device.type == "cpu"
+    return (type(layer) in (nn.Linear, Linear) and x.device.type == "cpu" and layer.weight.device.type == "cpu"
             and not (layer._forward_hooks or layer._forward_pre_hooks)
             and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks))
 
@@ -70,7 +71,7 @@ def gated_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     for start in range(0, width, step):
         end = min(start + step, width)
         cols = (slice(start, end), slice(width + start, width + end))
-        value, gate = (F.linear(x, weight[c], None if bias is None else bias[c]) for c in cols)
+        value, gate = (linear(x, weight[c], None if bias is None else bias[c]) for c in cols)
         gate = torch.ops.aten.gelu_(gate)
         if end - start == width:  # one block: the value map is the output
             return value.mul_(gate)

@@ -30,12 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import is_channels_last
+from .linear import AVX512, linear, use_onednn
 
 # Measured on 2 cores (AVX2, fp32): the product wins when the output map has at most this many positions
 # (batch x height x width) and the weight at least this many elements; below that oneDNN's direct kernel is
 # as fast or faster (e.g. 128 channels at 8x8, or 320 channels at 16x16).
 GEMM_MAX_POSITIONS = 256
 GEMM_MIN_WEIGHT = 1 << 22  # 4.2 M elements, 16 MiB fp32: e.g. 1280 -> 1280 with kernel (3, 1), or 640 -> 1280 3x3
+# On AVX-512 (2 cores, fp32) oneDNN's direct kernel with a kept weight is the faster one down to 4x4 maps (1280 ->
+# 1280 3x3 at 8x4x4: 23-30 vs 28-31 ms; frame convolutions 0.65-0.75x the product's time); the product (through
+# oneDNN's matrix product, runtime.linear) still wins on 2x2 maps at batch 8-16 (11-16 vs 20-30 ms). So there the
+# output map of one sample must also be at most this many positions (None: no such limit).
+GEMM_MAX_MAP: int | None = 4 if AVX512 else None
 
 
 def _pair(v) -> tuple[int, int]:
@@ -55,7 +61,7 @@ def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool
     if not weight.is_contiguous():  # a channels-last weight is no (out, in*kh*kw) view: oneDNN takes it as it is
         return False
     oh, ow = _out_size(x, weight, stride, padding)
-    return x.shape[0] * oh * ow <= GEMM_MAX_POSITIONS
+    return x.shape[0] * oh * ow <= GEMM_MAX_POSITIONS and (GEMM_MAX_MAP is None or oh * ow <= GEMM_MAX_MAP)
 
 
 PACK_WEIGHTS = True  # keep oneDNN's blocked copy of each CPU float32 convolution weight (see the module docstring)
@@ -117,10 +123,14 @@ def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     o, _, kh, kw = weight.shape
     oh, ow = _out_size(x, weight, stride, padding)
     cols = F.unfold(x, (kh, kw), padding=_pair(padding), stride=_pair(stride))  # n (c kh kw) (oh ow)
-    cols = cols.transpose(0, 1).reshape(cols.shape[1], n * oh * ow)  # (c kh kw) (n oh ow): runs of oh*ow values
     w = weight.reshape(o, -1)  # o (c kh kw), a view
-    out = torch.mm(w, cols) if bias is None else torch.addmm(bias[:, None], w, cols)  # o (n oh ow)
-    out = out.view(o, n, oh, ow).transpose(0, 1)  # n o oh ow
+    if use_onednn(cols, w):  # oneDNN's product (runtime.linear) on rows of taps; the output comes channels-last
+        rows = cols.transpose(1, 2).reshape(n * oh * ow, cols.shape[1])  # (n oh ow) (c kh kw)
+        out = linear(rows, w, bias).view(n, oh, ow, o).permute(0, 3, 1, 2)  # n o oh ow
+    else:
+        cols = cols.transpose(0, 1).reshape(cols.shape[1], n * oh * ow)  # (c kh kw) (n oh ow): runs of oh*ow values
+        out = torch.mm(w, cols) if bias is None else torch.addmm(bias[:, None], w, cols)  # o (n oh ow)
+        out = out.view(o, n, oh, ow).transpose(0, 1)  # n o oh ow
     return out.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
 
 
