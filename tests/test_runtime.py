@@ -326,11 +326,8 @@ def test_gemm_convolution_through_onednn_is_conv2d(channels_last, monkeypatch):
     torch.testing.assert_close(got, torch.nn.functional.conv2d(x, w, b, 1, 1), rtol=1e-5, atol=1e-5)
 
 
-def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps(monkeypatch):
-    from vidiff.runtime import conv
+def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
     from vidiff.runtime.conv import Conv2d, use_gemm
-
-    monkeypatch.setattr(conv, "GEMM_MAX_MAP", None)  # the AVX2 thresholds; the AVX-512 limit below
 
     def case(n, c, o, hw, k=(3, 3), stride=1, pad=1, dtype=torch.float32, device="cpu"):
         x = torch.empty((n, c) + hw, dtype=dtype, device=device)
@@ -343,9 +340,6 @@ def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps(monkeypatch):
     assert not case(8, 1280, 1280, (4, 4), dtype=torch.bfloat16) and not case(8, 1280, 1280, (4, 4), device="meta")
     w = torch.empty(1280, 1280, 3, 3).contiguous(memory_format=torch.channels_last)  # runtime.layout.channels_last
     assert not use_gemm(torch.empty(8, 1280, 4, 4), w, 1, 1)  # reshaping it would copy the weight on every call
-    monkeypatch.setattr(conv, "GEMM_MAX_MAP", 4)  # AVX-512: oneDNN's direct kernel down to 4x4 maps
-    assert case(8, 1280, 1280, (2, 2)) and not case(8, 1280, 1280, (4, 4))
-    assert not case(2, 1280, 1280, (4, 16), k=(3, 1), pad=(1, 0))
     layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(layer(x), torch.nn.Conv2d.forward(layer, x), rtol=0, atol=0)
@@ -429,7 +423,6 @@ def test_gemm_convolutions_everywhere_give_the_same_frames(folders, name, monkey
     calls = []
     monkeypatch.setattr(conv, "GEMM_MIN_WEIGHT", 0)
     monkeypatch.setattr(conv, "GEMM_MAX_POSITIONS", 1 << 30)
-    monkeypatch.setattr(conv, "GEMM_MAX_MAP", None)
     monkeypatch.setattr(conv, "conv2d_gemm", lambda *a, f=conv.conv2d_gemm: calls.append(1) or f(*a))
     frames = _run(pipe, name)
     assert len(calls) > 20, len(calls)

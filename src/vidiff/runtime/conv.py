@@ -5,7 +5,8 @@ as much as the arithmetic once the weight is large and the map is small, as in t
 UNet at small resolutions (1280 channels at 4x4 or 2x2: 20-50 GFLOP/s on 2 cores, a quarter to a half of what a
 matrix product of the same size reaches). There :func:`conv2d` unfolds the input (im2col) and multiplies the weight,
 viewed as an ``(out, in*kh*kw)`` matrix without a copy, by it: the same sums in another order (differences around
-1e-6 relative), 1.3-3.7x faster at those shapes.
+1e-6 relative), 1.3-3.7x faster at those shapes. On AVX-512 CPUs the product runs through oneDNN's matrix product
+(:mod:`vidiff.runtime.linear`; there MKL's is the slower one).
 
 Every other CPU float32 convolution without autograd on a map of at most :data:`PACK_MAX_POSITIONS` positions
 goes to oneDNN with its weight reordered once (:func:`conv2d_packed`): the blocked copy is kept per weight
@@ -30,18 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import is_channels_last
-from .linear import AVX512, linear, use_onednn
+from .linear import linear, use_onednn
 
 # Measured on 2 cores (AVX2, fp32): the product wins when the output map has at most this many positions
 # (batch x height x width) and the weight at least this many elements; below that oneDNN's direct kernel is
 # as fast or faster (e.g. 128 channels at 8x8, or 320 channels at 16x16).
 GEMM_MAX_POSITIONS = 256
 GEMM_MIN_WEIGHT = 1 << 22  # 4.2 M elements, 16 MiB fp32: e.g. 1280 -> 1280 with kernel (3, 1), or 640 -> 1280 3x3
-# On AVX-512 (2 cores, fp32) oneDNN's direct kernel with a kept weight is the faster one down to 4x4 maps (1280 ->
-# 1280 3x3 at 8x4x4: 23-30 vs 28-31 ms; frame convolutions 0.65-0.75x the product's time); the product (through
-# oneDNN's matrix product, runtime.linear) still wins on 2x2 maps at batch 8-16 (11-16 vs 20-30 ms). So there the
-# output map of one sample must also be at most this many positions (None: no such limit).
-GEMM_MAX_MAP: int | None = 4 if AVX512 else None
+# On AVX-512 the product goes through oneDNN's matrix product (runtime.linear) and the same limits hold: there a
+# kept weight (below) is as fast or up to 1.4x faster per call at those shapes, but it would keep a second copy of
+# the largest weights (+2.5 GB at t2v-full, reordering them made the first step 5 s longer); the product needs none.
 
 
 def _pair(v) -> tuple[int, int]:
@@ -61,7 +60,7 @@ def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool
     if not weight.is_contiguous():  # a channels-last weight is no (out, in*kh*kw) view: oneDNN takes it as it is
         return False
     oh, ow = _out_size(x, weight, stride, padding)
-    return x.shape[0] * oh * ow <= GEMM_MAX_POSITIONS and (GEMM_MAX_MAP is None or oh * ow <= GEMM_MAX_MAP)
+    return x.shape[0] * oh * ow <= GEMM_MAX_POSITIONS
 
 
 PACK_WEIGHTS = True  # keep oneDNN's blocked copy of each CPU float32 convolution weight (see the module docstring)

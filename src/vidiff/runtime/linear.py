@@ -31,7 +31,7 @@ def _avx512() -> bool:
         return False
 
 
-AVX512 = _avx512()  # the CPU kind the kernel choices here and in runtime.conv depend on
+AVX512 = _avx512()  # the CPU kind the kernel choice depends on
 ONEDNN_LINEAR = AVX512 and torch.backends.mkldnn.is_available()  # on AVX-512 CPUs (see the module docstring)
 ONEDNN_MIN_MACS = 1 << 20  # rows x inputs x outputs below which F.linear's smaller fixed cost wins
 
