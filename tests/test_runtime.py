@@ -315,6 +315,7 @@ def test_gemm_convolution_through_onednn_is_conv2d(channels_last, monkeypatch):
 
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
     monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(3, 8, 5, 4, generator=g), torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
     if channels_last:
@@ -359,6 +360,7 @@ def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
     want = torch.nn.functional.linear(x, w, b)
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
     monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
     with torch.no_grad(), _OpSpy() as spy:
         got = linear.linear(x, w, b)
     assert spy.ops == ["_linear_pointwise"]
@@ -382,6 +384,7 @@ def test_onednn_linear_choice(monkeypatch):
     with torch.no_grad():
         assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
         assert not linear.use_onednn(torch.empty(2, 256), torch.empty(256, 256))  # small: F.linear's lower fixed cost
+        assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight
         assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
         assert not linear.use_onednn(x.double(), w.double())
     assert not linear.use_onednn(x, w)  # autograd on: F.linear
@@ -398,7 +401,7 @@ def test_onednn_linear_choice(monkeypatch):
 @pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline"])
 def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypatch):
     """With oneDNN forced for every linear layer of every model (the tiny models' products are below the real size
-    threshold), the frames stay those of F.linear."""
+    thresholds), the frames stay those of F.linear."""
     from vidiff.runtime import linear
 
     pipe = _load(folders, name)
@@ -406,6 +409,7 @@ def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypat
     base = _run(pipe, name)
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
     monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
     with _OpSpy() as spy:
         frames = _run(pipe, name)
     assert spy.ops.count("_linear_pointwise") > 20, spy.ops.count("_linear_pointwise")

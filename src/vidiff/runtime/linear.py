@@ -4,9 +4,11 @@ PyTorch's CPU ``F.linear`` calls MKL. On the AVX-512 machines the benchmarks run
 reaches 130-165 GFLOP/s at a full-size UNet's shapes (and 85-145 on a busy minute) where oneDNN's matrix product,
 ``torch.ops.mkldnn._linear_pointwise``, reaches 170-200 on the same plain weight, without a reordered copy:
 0.70-0.97x the time at 128-2048 rows x 320-5120 inputs (the fewer the rows and the wider the weight, the larger
-the gain), 0.86-1.06x at the mid-size cases' 64-128 widths. oneDNN costs about 20 us more per call, so products of
-fewer than :data:`ONEDNN_MIN_MACS` multiply-adds (time embeddings, tiny layers) stay with ``F.linear``. The same
-sums in another order (differences around 1e-6 relative).
+the gain); a t2v-full / svd-full UNet call 0.90x / 0.85x (alternating on / off in one process). Narrower weights
+stay with ``F.linear`` (:data:`ONEDNN_MIN_WIDTH`): alone they were 0.86-1.06x, but in place the mid-size cases'
+UNets (widths 64-256) ran 5-7% slower through oneDNN. oneDNN also costs about 20 us more per call, so products of
+fewer than :data:`ONEDNN_MIN_MACS` multiply-adds (time embeddings, tiny layers) stay with ``F.linear`` too. The
+same sums in another order (differences around 1e-6 relative).
 
 On AVX2-only CPUs the same comparison was 0.7-1.7x depending on the shape and inconsistent from run to run, so
 there the choice is off (:data:`ONEDNN_LINEAR`). Also ``F.linear``: other devices and dtypes, autograd, and
@@ -34,13 +36,14 @@ def _avx512() -> bool:
 AVX512 = _avx512()  # the CPU kind the kernel choice depends on
 ONEDNN_LINEAR = AVX512 and torch.backends.mkldnn.is_available()  # on AVX-512 CPUs (see the module docstring)
 ONEDNN_MIN_MACS = 1 << 20  # rows x inputs x outputs below which F.linear's smaller fixed cost wins
+ONEDNN_MIN_WIDTH = 320  # inputs and outputs: narrower weights (the mid-size cases' 64-256) ran slower through oneDNN in place
 
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` runs this product through oneDNN."""
     return (ONEDNN_LINEAR and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
             and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled()
+            and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled() and min(weight.shape) >= ONEDNN_MIN_WIDTH
             and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS)
 
 
