@@ -83,7 +83,8 @@ class CrossFrameAttnProcessor2_0(_CrossFrameBase):
         residual = hidden_states
         hidden_states, shape4d = _flatten_input(attn, hidden_states)
         batch, n_q, _ = hidden_states.shape
-        groups, seq_len, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape  # rows of k, v
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        groups, seq_len, _ = context.shape  # rows of keys and values
         if attention_mask is not None:  # (Attention.forward repeats a shared context when there is a mask)
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, groups)
             attention_mask = attention_mask.view(groups, attn.heads, -1, attention_mask.shape[-1])  # b heads n_q n_k

@@ -36,15 +36,15 @@ def _avx512() -> bool:
 AVX512 = _avx512()  # the CPU kind the kernel choice depends on
 ONEDNN_LINEAR = AVX512 and torch.backends.mkldnn.is_available()  # on AVX-512 CPUs (see the module docstring)
 ONEDNN_MIN_MACS = 1 << 20  # rows x inputs x outputs below which F.linear's smaller fixed cost wins
-ONEDNN_MIN_WIDTH = 320  # inputs and outputs: narrower weights (the mid-size cases' 64-256) ran slower through oneDNN in place
+ONEDNN_MIN_WIDTH = 320  # inputs and outputs; narrower (the mid-size cases' 64-256) ran slower through oneDNN in place
 
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` runs this product through oneDNN."""
     return (ONEDNN_LINEAR and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled() and min(weight.shape) >= ONEDNN_MIN_WIDTH
-            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS)
+            and x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled()
+            and min(weight.shape) >= ONEDNN_MIN_WIDTH and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
