@@ -307,6 +307,13 @@ def _warm_page_cache(folder: Path) -> None:
                     pass
 
 
+def cpu_kind() -> str:
+    """The CPU's SIMD level as torch reads it (AVX2, AVX512, ...): the kernels' ranking depends on it."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def _fmt(v: float, r: float, unit: str = "", digits: int = 2) -> str:
     return f"{v:.{digits}f}{unit} / {r:.{digits}f}{unit} = {v / r:.2f}x"
 
@@ -315,7 +322,7 @@ def table(results: dict[str, dict[str, list[dict]]], load_before: str, load_afte
     import numpy as np
 
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    lines = [f"load average before: {load_before}; after: {load_after}; torch threads: {threads}",
+    lines = [f"load average before: {load_before}; after: {load_after}; torch threads: {threads}; CPU: {cpu_kind()}",
              "figures are vidiff / reference = ratio (median over repeats); load = from_pretrained, import = import of the",
              "library, its pipeline and component classes and transformers' CLIP", "",
              "| case | import s | load s | step s (median) | end-to-end s | peak RSS MB | max frame diff | GFLOP/step | GFLOP/s |",

@@ -164,7 +164,8 @@ def main() -> None:
         print(f"  {case}: vidiff {r['vidiff_s']:.3f}s reference {r['reference_s']:.3f}s ratio {r['ratio']:.2f}x", flush=True)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     peak.append(sgemm_rate())
-    print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; {args.steps} alternating calls each"
+    print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; CPU: {bench.cpu_kind()}; "
+          f"{args.steps} alternating calls each"
           + (f"; call changed: {call}" if call else ""))
     print(f"2048x2048 float32 matmul before / after: {peak[0]:.0f} / {peak[1]:.0f} GFLOP/s (the practical ceiling)")
     print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff | GFLOP/step | GFLOP/s |")
