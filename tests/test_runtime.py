@@ -383,7 +383,8 @@ def test_onednn_linear_choice(monkeypatch):
     x, w = torch.empty(128, 1280), torch.empty(1280, 1280)
     with torch.no_grad():
         assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
-        assert not linear.use_onednn(torch.empty(2, 256), torch.empty(256, 256))  # small: F.linear's lower fixed cost
+        assert not linear.use_onednn(torch.empty(2, 320), torch.empty(320, 320))  # small: F.linear's lower fixed cost
+        assert linear.use_onednn(torch.empty(16, 320), torch.empty(320, 320)) == torch.backends.mkldnn.is_available()
         assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight
         assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
         assert not linear.use_onednn(x.double(), w.double())
