@@ -263,6 +263,7 @@ def test_channels_last_keeps_its_layout_and_the_frames(folders, name, monkeypatc
     _close(frames, base)
 
 
+# ---------------------------------------------------------------------------------------------- kernel-test helpers
 class _OpSpy(TorchDispatchMode):
     """Names of the aten / mkldnn ops run inside the block."""
 
@@ -344,77 +345,6 @@ def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
     layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
     x = torch.randn(1, 4, 5, 5)
     torch.testing.assert_close(layer(x), torch.nn.Conv2d.forward(layer, x), rtol=0, atol=0)
-
-
-# ---------------------------------------------------------------------------------------------- matrix-product kernels
-@needs_onednn
-@pytest.mark.parametrize("shape, bias", [((3, 5, 24), True), ((7, 24), False), ((2, 4, 3, 24), True)], ids=["3d", "2d-nobias", "4d"])
-@pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
-    """runtime.linear.linear through oneDNN (forced on, any size) gives F.linear's values; off, it is F.linear."""
-    from vidiff.runtime import linear
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(shape[:-1] + (2 * shape[-1],), generator=g)[..., ::2] if layout == "strided" else torch.randn(shape, generator=g)
-    w, b = torch.randn(40, shape[-1], generator=g), (torch.randn(40, generator=g) if bias else None)
-    want = torch.nn.functional.linear(x, w, b)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
-    with torch.no_grad(), _OpSpy() as spy:
-        got = linear.linear(x, w, b)
-    assert spy.ops == ["_linear_pointwise"]
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
-    with torch.no_grad(), _OpSpy() as spy:
-        assert torch.equal(linear.linear(x, w, b), want)
-    assert "_linear_pointwise" not in spy.ops
-
-
-def test_onednn_linear_choice(monkeypatch):
-    """oneDNN only for large float32 CPU products without autograd; Linear keeps nn.Linear's keys and is what the
-    attention and feed-forward layers are built with."""
-    from vidiff.layers.attention import Attention
-    from vidiff.layers.transformers import FeedForward
-    from vidiff.runtime import linear
-
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    x, w = torch.empty(128, 1280), torch.empty(1280, 1280)
-    with torch.no_grad():
-        assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
-        assert not linear.use_onednn(torch.empty(2, 320), torch.empty(320, 320))  # small: F.linear's lower fixed cost
-        assert linear.use_onednn(torch.empty(16, 320), torch.empty(320, 320)) == torch.backends.mkldnn.is_available()
-        assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight
-        assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
-        assert not linear.use_onednn(x.double(), w.double())
-    assert not linear.use_onednn(x, w)  # autograd on: F.linear
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
-    with torch.no_grad():
-        assert not linear.use_onednn(x, w)
-    layer = linear.Linear(8, 4)
-    assert isinstance(layer, torch.nn.Linear) and list(layer.state_dict()) == list(torch.nn.Linear(8, 4).state_dict())
-    attn, ff = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), FeedForward(16)
-    assert all(type(m) is linear.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0], ff.net[0].proj, ff.net[2]))
-
-
-@needs_onednn
-@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline"])
-def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypatch):
-    """With oneDNN forced for every linear layer of every model (the tiny models' products are below the real size
-    thresholds), the frames stay those of F.linear."""
-    from vidiff.runtime import linear
-
-    pipe = _load(folders, name)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
-    base = _run(pipe, name)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
-    with _OpSpy() as spy:
-        frames = _run(pipe, name)
-    assert spy.ops.count("_linear_pointwise") > 20, spy.ops.count("_linear_pointwise")
-    _close(frames, base)
 
 
 @pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "I2VGenXLPipeline", "AnimateDiffPipeline"])
@@ -576,6 +506,77 @@ def test_packed_convolutions_give_the_same_frames(folders, name, monkeypatch):
     monkeypatch.setattr(conv, "conv2d_packed", lambda *a, f=conv.conv2d_packed: calls.append(1) or f(*a))
     frames = _run(pipe, name)
     assert len(calls) > 20, len(calls)
+    _close(frames, base)
+
+
+# ---------------------------------------------------------------------------------------------- matrix-product kernels
+@needs_onednn
+@pytest.mark.parametrize("shape, bias", [((3, 5, 24), True), ((7, 24), False), ((2, 4, 3, 24), True)], ids=["3d", "2d-nobias", "4d"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
+    """runtime.linear.linear through oneDNN (forced on, any size) gives F.linear's values; off, it is F.linear."""
+    from vidiff.runtime import linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape[:-1] + (2 * shape[-1],), generator=g)[..., ::2] if layout == "strided" else torch.randn(shape, generator=g)
+    w, b = torch.randn(40, shape[-1], generator=g), (torch.randn(40, generator=g) if bias else None)
+    want = torch.nn.functional.linear(x, w, b)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    with torch.no_grad(), _OpSpy() as spy:
+        got = linear.linear(x, w, b)
+    assert spy.ops == ["_linear_pointwise"]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    with torch.no_grad(), _OpSpy() as spy:
+        assert torch.equal(linear.linear(x, w, b), want)
+    assert "_linear_pointwise" not in spy.ops
+
+
+def test_onednn_linear_choice(monkeypatch):
+    """oneDNN only for large float32 CPU products without autograd; Linear keeps nn.Linear's keys and is what the
+    attention and feed-forward layers are built with."""
+    from vidiff.layers.attention import Attention
+    from vidiff.layers.transformers import FeedForward
+    from vidiff.runtime import linear
+
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    x, w = torch.empty(128, 1280), torch.empty(1280, 1280)
+    with torch.no_grad():
+        assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
+        assert not linear.use_onednn(torch.empty(2, 320), torch.empty(320, 320))  # small: F.linear's lower fixed cost
+        assert linear.use_onednn(torch.empty(16, 320), torch.empty(320, 320)) == torch.backends.mkldnn.is_available()
+        assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight
+        assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
+        assert not linear.use_onednn(x.double(), w.double())
+    assert not linear.use_onednn(x, w)  # autograd on: F.linear
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    with torch.no_grad():
+        assert not linear.use_onednn(x, w)
+    layer = linear.Linear(8, 4)
+    assert isinstance(layer, torch.nn.Linear) and list(layer.state_dict()) == list(torch.nn.Linear(8, 4).state_dict())
+    attn, ff = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), FeedForward(16)
+    assert all(type(m) is linear.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0], ff.net[0].proj, ff.net[2]))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["TextToVideoSDPipeline", "StableVideoDiffusionPipeline", "AnimateDiffPipeline"])
+def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypatch):
+    """With oneDNN forced for every linear layer of every model (the tiny models' products are below the real size
+    thresholds), the frames stay those of F.linear."""
+    from vidiff.runtime import linear
+
+    pipe = _load(folders, name)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    base = _run(pipe, name)
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    with _OpSpy() as spy:
+        frames = _run(pipe, name)
+    assert spy.ops.count("_linear_pointwise") > 20, spy.ops.count("_linear_pointwise")
     _close(frames, base)
 
 

@@ -15,8 +15,8 @@ there the choice is off (:data:`ONEDNN_LINEAR`). Also ``F.linear``: other device
 ``torch.compile`` (which lowers linear layers itself).
 
 :class:`Linear` is ``nn.Linear`` (same arguments, parameters and state-dict keys; ``isinstance(m, nn.Linear)``
-holds) with its forward going through :func:`linear`; the attention projections, feed-forwards and the
-transformers' projections in and out are built with it.
+holds) with its forward going through :func:`linear`; the models' linear layers (attention projections,
+feed-forwards, the transformers' projections in and out, time and class embeddings) are built with it.
 """
 
 from __future__ import annotations
