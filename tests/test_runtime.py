@@ -548,7 +548,11 @@ def test_onednn_linear_choice(monkeypatch):
         assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
         assert not linear.use_onednn(torch.empty(2, 320), torch.empty(320, 320))  # small: F.linear's lower fixed cost
         assert linear.use_onednn(torch.empty(16, 320), torch.empty(320, 320)) == torch.backends.mkldnn.is_available()
-        assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight
+        monkeypatch.setattr(linear, "ONEDNN_NARROW", False)
+        assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight, measured slower
+        monkeypatch.setattr(linear, "ONEDNN_NARROW", True)
+        assert linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128)) == torch.backends.mkldnn.is_available()
+        assert not linear.use_onednn(torch.empty(8, 128), torch.empty(512, 128))  # narrow and small
         assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
         assert not linear.use_onednn(x.double(), w.double())
     assert not linear.use_onednn(x, w)  # autograd on: F.linear
@@ -559,6 +563,40 @@ def test_onednn_linear_choice(monkeypatch):
     assert isinstance(layer, torch.nn.Linear) and list(layer.state_dict()) == list(torch.nn.Linear(8, 4).state_dict())
     attn, ff = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8), FeedForward(16)
     assert all(type(m) is linear.Linear for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0], ff.net[0].proj, ff.net[2]))
+
+
+@needs_onednn
+@pytest.mark.parametrize("ratio, want", [(0.5, True), (0.8, True), (0.95, False)])
+def test_narrow_onednn_is_measured_once(ratio, want, monkeypatch):
+    """Whether narrow products take oneDNN is measured on the first one that qualifies (oneDNN's time over
+    F.linear's, at most NARROW_GAIN), then kept; a pinned ONEDNN_NARROW is not measured."""
+    from vidiff.runtime import linear
+
+    calls = []
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_NARROW", None)
+    monkeypatch.setattr(linear, "measure_narrow", lambda: calls.append(1) or ratio)
+    x, w = torch.empty(4096, 128), torch.empty(512, 128)
+    assert not linear.use_onednn(x, w) and not calls  # autograd on: not even measured
+    with torch.no_grad():
+        for _ in range(3):
+            assert linear.use_onednn(x, w) == want
+    assert calls == [1] and linear.ONEDNN_NARROW is want
+    monkeypatch.setattr(linear, "ONEDNN_NARROW", not want)
+    with torch.no_grad():
+        assert linear.use_onednn(x, w) == (not want)
+    assert calls == [1]
+
+
+@needs_onednn
+def test_measure_narrow_times_both_kernels():
+    """The measurement runs both kernels on every narrow shape and returns a positive time ratio."""
+    from vidiff.runtime import linear
+
+    with _OpSpy() as spy:
+        ratio = linear.measure_narrow(repeats=1)
+    assert 0 < ratio < float("inf")
+    assert spy.ops.count("_linear_pointwise") == spy.ops.count("addmm") == 2 * len(linear.NARROW_SHAPES)  # F.linear: addmm
 
 
 @needs_onednn
