@@ -308,10 +308,26 @@ def _warm_page_cache(folder: Path) -> None:
 
 
 def cpu_kind() -> str:
-    """The CPU's SIMD level as torch reads it (AVX2, AVX512, ...): the kernels' ranking depends on it."""
+    """The CPU (model name, family and model) and its SIMD level as torch reads it (AVX2, AVX512, ...), with the
+    matrix-product kernels vidiff.runtime.linear measured the faster here: the kernels' ranking depends on them."""
     import torch
 
-    return torch.backends.cpu.get_cpu_capability()
+    from vidiff.runtime import linear
+
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    name = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+    if not linear.ONEDNN_LINEAR:
+        choice = "F.linear everywhere"
+    else:
+        pick = lambda on: "oneDNN" if on else "MKL"  # noqa: E731
+        choice = f"matrix products wide {pick(linear.wide_onednn())}, narrow {pick(linear.narrow_onednn())}"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}; {choice}"
 
 
 def _fmt(v: float, r: float, unit: str = "", digits: int = 2) -> str:

@@ -307,16 +307,24 @@ def test_gemm_convolution_is_conv2d(shape, kernel, stride, padding, bias):
     torch.testing.assert_close(cl, want.detach(), rtol=1e-12, atol=1e-12)
 
 
+def _onednn_everywhere(monkeypatch):
+    """runtime.linear's oneDNN product forced on for every product, whatever its size and the measured choice."""
+    from vidiff.runtime import linear
+
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    monkeypatch.setattr(linear, "ONEDNN_WIDE", True)
+
+
 @needs_onednn
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gemm_convolution_through_onednn_is_conv2d(channels_last, monkeypatch):
     """With oneDNN's matrix product (runtime.linear, forced on) the im2col product gives F.conv2d's values, in the
     input's layout."""
-    from vidiff.runtime import conv, linear
+    from vidiff.runtime import conv
 
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    _onednn_everywhere(monkeypatch)
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(3, 8, 5, 4, generator=g), torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
     if channels_last:
@@ -521,12 +529,11 @@ def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
     x = torch.randn(shape[:-1] + (2 * shape[-1],), generator=g)[..., ::2] if layout == "strided" else torch.randn(shape, generator=g)
     w, b = torch.randn(40, shape[-1], generator=g), (torch.randn(40, generator=g) if bias else None)
     want = torch.nn.functional.linear(x, w, b)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    _onednn_everywhere(monkeypatch)
     with torch.no_grad(), _OpSpy() as spy:
         got = linear.linear(x, w, b)
-    assert spy.ops == ["_linear_pointwise"]
+    copied = layout == "strided" and x.dim() > 2  # no unit stride in its matrices: copied first (see below)
+    assert spy.ops == ["clone"] * copied + ["_linear_pointwise"]
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
@@ -535,14 +542,49 @@ def test_onednn_linear_is_f_linear(shape, bias, layout, monkeypatch):
     assert "_linear_pointwise" not in spy.ops
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["blas", "onednn"])
+def test_inputs_without_unit_stride_are_copied_first(onednn, monkeypatch):
+    """A channel-first map permuted to (b h w) f c (a temporal transformer's proj_in input: no unit stride in its
+    matrices) is copied, then one 2-D product, not F.linear's batched path; a transposed view (unit stride across
+    rows) is passed as it is; the values are F.linear's, gradients too."""
+    from vidiff.runtime import linear
+
+    if onednn:
+        if not torch.backends.mkldnn.is_available():
+            pytest.skip("oneDNN not built in")
+        _onednn_everywhere(monkeypatch)
+    else:
+        monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
+    product = "_linear_pointwise" if onednn else "addmm"
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(24, 16, generator=g), torch.randn(24, generator=g)
+    x = torch.randn(1, 16, 3, 4, 5, generator=g).permute(0, 3, 4, 2, 1).reshape(20, 3, 16)  # (b h w) f c, c outermost
+    assert x.stride(-1) != 1 and x.stride(-2) != 1
+    with torch.no_grad(), _OpSpy() as spy:
+        got = linear.linear(x, w, b)
+    assert [op for op in spy.ops if op not in ("view", "t")] == ["clone", product], spy.ops  # copy, one 2-D product
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), rtol=1e-6, atol=1e-6)
+    assert got.shape == (20, 3, 24)
+    y = torch.randn(2, 16, 3, 5, generator=g).permute(0, 2, 3, 1).reshape(2, 15, 16)  # b (h w) c of a b c h w map
+    with torch.no_grad(), _OpSpy() as spy:
+        got = linear.linear(y, w, b)
+    assert "clone" not in spy.ops and "copy_" not in spy.ops, spy.ops
+    torch.testing.assert_close(got, torch.nn.functional.linear(y, w, b), rtol=1e-6, atol=1e-6)
+    xg, xw = (x.detach().requires_grad_() for _ in range(2))
+    linear.linear(xg, w, b).square().sum().backward()
+    torch.nn.functional.linear(xw, w, b).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xw.grad)
+
+
 def test_onednn_linear_choice(monkeypatch):
-    """oneDNN only for large float32 CPU products without autograd; Linear keeps nn.Linear's keys and is what the
-    attention and feed-forward layers are built with."""
+    """oneDNN only for large float32 CPU products without autograd, wide and narrow ones as measured; Linear keeps
+    nn.Linear's keys and is what the attention and feed-forward layers are built with."""
     from vidiff.layers.attention import Attention
     from vidiff.layers.transformers import FeedForward
     from vidiff.runtime import linear
 
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_WIDE", True)
     x, w = torch.empty(128, 1280), torch.empty(1280, 1280)
     with torch.no_grad():
         assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()
@@ -550,9 +592,14 @@ def test_onednn_linear_choice(monkeypatch):
         assert linear.use_onednn(torch.empty(16, 320), torch.empty(320, 320)) == torch.backends.mkldnn.is_available()
         monkeypatch.setattr(linear, "ONEDNN_NARROW", False)
         assert not linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128))  # narrow weight, measured slower
+        assert linear.use_onednn(x, w) == torch.backends.mkldnn.is_available()  # wide ones still
         monkeypatch.setattr(linear, "ONEDNN_NARROW", True)
         assert linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128)) == torch.backends.mkldnn.is_available()
         assert not linear.use_onednn(torch.empty(8, 128), torch.empty(512, 128))  # narrow and small
+        monkeypatch.setattr(linear, "ONEDNN_WIDE", False)
+        assert not linear.use_onednn(x, w)  # wide weight, measured slower
+        assert linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128)) == torch.backends.mkldnn.is_available()
+        monkeypatch.setattr(linear, "ONEDNN_WIDE", True)
         assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
         assert not linear.use_onednn(x.double(), w.double())
     assert not linear.use_onednn(x, w)  # autograd on: F.linear
@@ -566,37 +613,44 @@ def test_onednn_linear_choice(monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("ratio, want", [(0.5, True), (0.8, True), (0.95, False)])
-def test_narrow_onednn_is_measured_once(ratio, want, monkeypatch):
-    """Whether narrow products take oneDNN is measured on the first one that qualifies (oneDNN's time over
-    F.linear's, at most NARROW_GAIN), then kept; a pinned ONEDNN_NARROW is not measured."""
+@pytest.mark.parametrize("kind, shape, gain", [("NARROW", (128, 512), 0.8), ("WIDE", (1280, 1280), 0.95)])
+@pytest.mark.parametrize("margin, want", [(-0.3, True), (0.0, True), (0.05, False)], ids=["faster", "at-gain", "slower"])
+def test_onednn_choice_is_measured_once(kind, shape, gain, margin, want, monkeypatch):
+    """Whether wide (narrow) products take oneDNN is measured on the first one that qualifies, on WIDE_SHAPES
+    (NARROW_SHAPES): oneDNN's time over F.linear's at most WIDE_GAIN (NARROW_GAIN), then kept; the other class is
+    not measured with it, and a pinned choice is not measured."""
     from vidiff.runtime import linear
 
+    assert getattr(linear, f"{kind}_GAIN") == gain
     calls = []
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "ONEDNN_WIDE", None)
     monkeypatch.setattr(linear, "ONEDNN_NARROW", None)
-    monkeypatch.setattr(linear, "measure_narrow", lambda: calls.append(1) or ratio)
-    x, w = torch.empty(4096, 128), torch.empty(512, 128)
+    monkeypatch.setattr(linear, "measure", lambda shapes, repeats=7: calls.append(shapes) or gain + margin)
+    x, w = torch.empty(4096, shape[1]), torch.empty(shape[0], shape[1])
     assert not linear.use_onednn(x, w) and not calls  # autograd on: not even measured
     with torch.no_grad():
         for _ in range(3):
             assert linear.use_onednn(x, w) == want
-    assert calls == [1] and linear.ONEDNN_NARROW is want
-    monkeypatch.setattr(linear, "ONEDNN_NARROW", not want)
+    assert calls == [getattr(linear, f"{kind}_SHAPES")] and getattr(linear, f"ONEDNN_{kind}") is want
+    assert getattr(linear, "ONEDNN_WIDE" if kind == "NARROW" else "ONEDNN_NARROW") is None  # the other: not yet
+    monkeypatch.setattr(linear, f"ONEDNN_{kind}", not want)
     with torch.no_grad():
         assert linear.use_onednn(x, w) == (not want)
-    assert calls == [1]
+    assert len(calls) == 1
 
 
 @needs_onednn
-def test_measure_narrow_times_both_kernels():
-    """The measurement runs both kernels on every narrow shape and returns a positive time ratio."""
+@pytest.mark.parametrize("kind", ["WIDE", "NARROW"])
+def test_measure_times_both_kernels(kind):
+    """The measurement runs both kernels on every shape and returns a positive time ratio."""
     from vidiff.runtime import linear
 
+    shapes = getattr(linear, f"{kind}_SHAPES")
     with _OpSpy() as spy:
-        ratio = linear.measure_narrow(repeats=1)
+        ratio = linear.measure(shapes, repeats=1)
     assert 0 < ratio < float("inf")
-    assert spy.ops.count("_linear_pointwise") == spy.ops.count("addmm") == 2 * len(linear.NARROW_SHAPES)  # F.linear: addmm
+    assert spy.ops.count("_linear_pointwise") == spy.ops.count("addmm") == 2 * len(shapes)  # F.linear: addmm
 
 
 @needs_onednn
@@ -609,9 +663,7 @@ def test_onednn_linear_everywhere_gives_the_same_frames(folders, name, monkeypat
     pipe = _load(folders, name)
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
     base = _run(pipe, name)
-    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MACS", 0)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_WIDTH", 0)
+    _onednn_everywhere(monkeypatch)
     with _OpSpy() as spy:
         frames = _run(pipe, name)
     assert spy.ops.count("_linear_pointwise") > 20, spy.ops.count("_linear_pointwise")

@@ -6,7 +6,8 @@ UNet at small resolutions (1280 channels at 4x4 or 2x2: 20-50 GFLOP/s on 2 cores
 matrix product of the same size reaches). There :func:`conv2d` unfolds the input (im2col) and multiplies the weight,
 viewed as an ``(out, in*kh*kw)`` matrix without a copy, by it: the same sums in another order (differences around
 1e-6 relative), 1.3-3.7x faster at those shapes. On AVX-512 CPUs the product runs through oneDNN's matrix product
-(:mod:`vidiff.runtime.linear`; there MKL's is the slower one).
+where :mod:`vidiff.runtime.linear` measured it the faster one (as on AMD Zen 4 and 5; on an Intel Xeon with AMX
+MKL's was).
 
 Every other CPU float32 convolution without autograd on a map of at most :data:`PACK_MAX_POSITIONS` positions
 goes to oneDNN with its weight reordered once (:func:`conv2d_packed`): the blocked copy is kept per weight
@@ -38,7 +39,7 @@ from .linear import linear, use_onednn
 # as fast or faster (e.g. 128 channels at 8x8, or 320 channels at 16x16).
 GEMM_MAX_POSITIONS = 256
 GEMM_MIN_WEIGHT = 1 << 22  # 4.2 M elements, 16 MiB fp32: e.g. 1280 -> 1280 with kernel (3, 1), or 640 -> 1280 3x3
-# On AVX-512 the product goes through oneDNN's matrix product (runtime.linear) and the same limits hold: there a
+# Where the product goes through oneDNN's matrix product (runtime.linear) the same limits hold: there a
 # kept weight (below) is as fast or up to 1.4x faster per call at those shapes, but it would keep a second copy of
 # the largest weights (+2.5 GB at t2v-full, reordering them made the first step 5 s longer); the product needs none.
 

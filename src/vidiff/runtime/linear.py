@@ -1,24 +1,27 @@
-"""Matrix-product kernel choice: on AVX-512 CPUs the linear layers run through oneDNN instead of BLAS.
+"""Matrix-product kernel choice: on AVX-512 CPUs the linear layers run through oneDNN where it measured faster than BLAS.
 
-PyTorch's CPU ``F.linear`` calls MKL, which on the AMD EPYC machines the benchmarks run on (2 cores, fp32) reaches
-well under the CPU's arithmetic rate: 130-165 GFLOP/s at a full-size UNet's shapes on a Zen 4 (session 9), 120-190
-on a Zen 5 (session 10), where oneDNN's matrix product, ``torch.ops.mkldnn._linear_pointwise``, on the same plain
-weight (no reordered copy) reaches 170-200 and 290-410: a Zen 4's t2v-full / svd-full UNet call 0.90x / 0.85x
-(alternating on / off in one process). Products at least :data:`ONEDNN_MIN_WIDTH` wide in and out take it on every
-AVX-512 CPU (:data:`ONEDNN_LINEAR`).
+PyTorch's CPU ``F.linear`` calls MKL. How it ranks against oneDNN's matrix product,
+``torch.ops.mkldnn._linear_pointwise`` on the same plain weight (no reordered copy), depends on the CPU (2 cores,
+fp32, a full-size UNet's shapes):
 
-Narrower weights (the mid-size cases' 64-256) rank differently from one CPU generation to the next: on the Zen 4
-they were 0.86-1.06x alone and, in place, made those UNets 5-7% slower; on the Zen 5 oneDNN takes 0.5x of MKL's
-time alone and the mid-size UNet calls 0.78-0.93x. So whether they take oneDNN too is measured once per process on
-first use (:func:`narrow_onednn`: both kernels timed alternately on two mid-size shapes, about 10 ms; oneDNN only
-if it needs at most :data:`NARROW_GAIN` of MKL's time), or pinned by setting :data:`ONEDNN_NARROW`. oneDNN also
-costs about 20 us more per call, so products of fewer than :data:`ONEDNN_MIN_MACS` multiply-adds (time
-embeddings, tiny layers) stay with ``F.linear``. The same sums in another order (differences around 1e-6
-relative).
+- AMD Zen 4 (session 9): MKL 130-165 GFLOP/s, oneDNN 170-200; a t2v-full / svd-full UNet call 0.90x / 0.85x
+  (alternating on / off in one process).
+- AMD Zen 5 (session 10): MKL 120-190, oneDNN 290-410.
+- Intel Xeon with AMX (family 6 model 167, session 12): MKL 170-195, oneDNN 145-180 (oneDNN 1.05-1.15x MKL's time).
+
+So the choice is measured once per process on first use, separately for products at least :data:`ONEDNN_MIN_WIDTH`
+wide in and out (:func:`wide_onednn`, on :data:`WIDE_SHAPES`, about 0.15 s) and for narrower ones
+(:func:`narrow_onednn`, on :data:`NARROW_SHAPES`, the mid-size cases' 64-256 wide weights, about 10 ms): both kernels
+timed alternately (:func:`measure`), oneDNN taken only if it needs at most :data:`WIDE_GAIN` / :data:`NARROW_GAIN`
+of MKL's time. The narrow gain is stricter: on the Zen 4 the narrow products were 0.86-1.06x alone and, in place,
+made those UNets 5-7% slower; on the Zen 5 oneDNN took 0.5x of MKL's time alone and the mid-size UNet calls
+0.78-0.93x. Setting :data:`ONEDNN_WIDE` / :data:`ONEDNN_NARROW` pins a choice without measuring. oneDNN also costs
+about 20 us more per call, so products of fewer than :data:`ONEDNN_MIN_MACS` multiply-adds (time embeddings, tiny
+layers) stay with ``F.linear``. The same sums in another order (differences around 1e-6 relative).
 
 On AVX2-only CPUs the same comparison was 0.7-1.7x depending on the shape and inconsistent from run to run, so
-there the choice is off. Also ``F.linear``: other devices and dtypes, autograd, and ``torch.compile`` (which lowers
-linear layers itself).
+there the choice is off (:data:`ONEDNN_LINEAR`). Also ``F.linear``: other devices and dtypes, autograd, and
+``torch.compile`` (which lowers linear layers itself).
 
 :class:`Linear` is ``nn.Linear`` (same arguments, parameters and state-dict keys; ``isinstance(m, nn.Linear)``
 holds) with its forward going through :func:`linear`; the models' linear layers (attention projections,
@@ -42,10 +45,13 @@ def _avx512() -> bool:
 AVX512 = _avx512()  # the CPU kind the kernel choice depends on
 ONEDNN_LINEAR = AVX512 and torch.backends.mkldnn.is_available()  # on AVX-512 CPUs (see the module docstring)
 ONEDNN_MIN_MACS = 1 << 20  # rows x inputs x outputs below which F.linear's smaller fixed cost wins
-ONEDNN_MIN_WIDTH = 320  # inputs and outputs; narrower ones take oneDNN only where it measured faster (narrow_onednn)
-ONEDNN_NARROW: bool | None = None  # narrower products through oneDNN too; None: measured on first use (narrow_onednn)
-NARROW_GAIN = 0.8  # oneDNN's time / MKL's at most, on the measured narrow shapes, for ONEDNN_NARROW to be on
-NARROW_SHAPES = ((2048, 64, 256), (512, 128, 128))  # rows, inputs, outputs: a mid-size feed-forward and projection
+ONEDNN_MIN_WIDTH = 320  # inputs and outputs: the wide products (wide_onednn); narrower ones: narrow_onednn
+ONEDNN_WIDE: bool | None = None  # wide products through oneDNN; None: measured on first use (wide_onednn)
+ONEDNN_NARROW: bool | None = None  # narrower products through oneDNN; None: measured on first use (narrow_onednn)
+WIDE_GAIN = 0.95  # oneDNN's time / MKL's at most, on WIDE_SHAPES, for ONEDNN_WIDE to be on
+NARROW_GAIN = 0.8  # the same on NARROW_SHAPES for ONEDNN_NARROW
+WIDE_SHAPES = ((1024, 320, 1280), (1024, 1280, 320))  # rows, inputs, outputs: a full-size feed-forward, in and out
+NARROW_SHAPES = ((2048, 64, 256), (512, 128, 128))  # a mid-size feed-forward and projection
 
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -54,27 +60,36 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled()
             and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
-            and (min(weight.shape) >= ONEDNN_MIN_WIDTH or narrow_onednn()))
+            and (wide_onednn() if min(weight.shape) >= ONEDNN_MIN_WIDTH else narrow_onednn()))
+
+
+def wide_onednn() -> bool:
+    """Whether products at least :data:`ONEDNN_MIN_WIDTH` wide take oneDNN: :data:`ONEDNN_WIDE`, measured on the
+    first call when it is None (:func:`measure` on :data:`WIDE_SHAPES`) and kept for the process."""
+    global ONEDNN_WIDE
+    if ONEDNN_WIDE is None:
+        ONEDNN_WIDE = measure(WIDE_SHAPES, repeats=5) <= WIDE_GAIN
+    return ONEDNN_WIDE
 
 
 def narrow_onednn() -> bool:
-    """Whether products narrower than :data:`ONEDNN_MIN_WIDTH` take oneDNN: :data:`ONEDNN_NARROW`, measured on the
-    first call when it is None (:func:`measure_narrow`) and kept for the process."""
+    """Whether narrower products take oneDNN: :data:`ONEDNN_NARROW`, measured like :func:`wide_onednn` on
+    :data:`NARROW_SHAPES`."""
     global ONEDNN_NARROW
     if ONEDNN_NARROW is None:
-        ONEDNN_NARROW = measure_narrow() <= NARROW_GAIN
+        ONEDNN_NARROW = measure(NARROW_SHAPES) <= NARROW_GAIN
     return ONEDNN_NARROW
 
 
-def measure_narrow(repeats: int = 7) -> float:
-    """oneDNN's time over ``F.linear``'s on :data:`NARROW_SHAPES` (float32, CPU, the current thread count): the two
-    kernels timed alternately, best of ``repeats`` each, summed over the shapes."""
+def measure(shapes, repeats: int = 7) -> float:
+    """oneDNN's time over ``F.linear``'s on ``shapes`` (rows, inputs, outputs; float32, CPU, the current thread
+    count): the two kernels timed alternately, best of ``repeats`` each, summed over the shapes."""
     import time
 
     g = torch.Generator().manual_seed(0)
     best = {"onednn": 0.0, "blas": 0.0}
     with torch.no_grad():
-        for rows, inputs, outputs in NARROW_SHAPES:
+        for rows, inputs, outputs in shapes:
             x, w = torch.randn(rows, inputs, generator=g), torch.randn(outputs, inputs, generator=g)
             b = torch.randn(outputs, generator=g)
             kernels = {"onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
@@ -92,7 +107,14 @@ def measure_narrow(repeats: int = 7) -> float:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through oneDNN where faster (:func:`use_onednn`)."""
+    """``F.linear(x, weight, bias)``, through oneDNN where faster (:func:`use_onednn`).
+
+    An input of three or more dimensions whose matrices (last two dimensions) have no unit stride is copied to
+    a contiguous one first: ``F.linear`` multiplies it through a batched generic path, 20x slower on 2 cores for a
+    temporal transformer's ``proj_in`` (a channel-first map permuted to ``(b h w) f c``, 256 x 4 x 64: 6.2 ms
+    instead of 0.27 ms with the copy); the reference pays it."""
+    if x.dim() > 2 and x.stride(-1) != 1 and x.stride(-2) != 1 and x.device.type == "cpu":
+        x = x.contiguous()
     if use_onednn(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
