@@ -265,6 +265,8 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
     steps = _step_times(calls)
     result = dict(lib=lib, case=case, import_s=import_s, load_s=load_s, e2e_s=e2e_s, step_s=statistics.median(steps),
                   steps=list(steps), rss_mb=_peak_rss_mb(), rss_load_mb=rss_after_load)
+    if lib == "vidiff":  # the kernel choice this worker measured (each process measures its own)
+        result["kernels"] = kernel_choice()
     if spec["full"]:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -307,12 +309,21 @@ def _warm_page_cache(folder: Path) -> None:
                     pass
 
 
-def cpu_kind() -> str:
-    """The CPU (model name, family and model) and its SIMD level as torch reads it (AVX2, AVX512, ...), with the
-    matrix-product kernels vidiff.runtime.linear measured the faster here: the kernels' ranking depends on them."""
-    import torch
-
+def kernel_choice() -> str:
+    """The matrix-product kernels vidiff.runtime.linear measured the faster in this process (measured now if not yet)."""
     from vidiff.runtime import linear
+
+    if not linear.ONEDNN_LINEAR:
+        return "F.linear everywhere"
+    pick = lambda on: "oneDNN" if on else "MKL"  # noqa: E731
+    return f"matrix products wide {pick(linear.wide_onednn())}, narrow {pick(linear.narrow_onednn())}"
+
+
+def cpu_kind(choice: str | None = None) -> str:
+    """The CPU (model name, family and model) and its SIMD level as torch reads it (AVX2, AVX512, ...), with the
+    matrix-product kernel choice (``choice``, else :func:`kernel_choice` in this process): the kernels' ranking
+    depends on them."""
+    import torch
 
     info = {}
     try:
@@ -322,12 +333,7 @@ def cpu_kind() -> str:
     except OSError:  # not Linux
         pass
     name = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
-    if not linear.ONEDNN_LINEAR:
-        choice = "F.linear everywhere"
-    else:
-        pick = lambda on: "oneDNN" if on else "MKL"  # noqa: E731
-        choice = f"matrix products wide {pick(linear.wide_onednn())}, narrow {pick(linear.narrow_onednn())}"
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}; {choice}"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}; {choice or kernel_choice()}"
 
 
 def _fmt(v: float, r: float, unit: str = "", digits: int = 2) -> str:
@@ -338,7 +344,9 @@ def table(results: dict[str, dict[str, list[dict]]], load_before: str, load_afte
     import numpy as np
 
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    lines = [f"load average before: {load_before}; after: {load_after}; torch threads: {threads}; CPU: {cpu_kind()}",
+    choices = sorted({r["kernels"] for by_lib in results.values() for r in by_lib["vidiff"] if "kernels" in r})
+    choice = " / ".join(choices) + (" (vidiff's workers differed)" if len(choices) > 1 else "") if choices else None
+    lines = [f"load average before: {load_before}; after: {load_after}; torch threads: {threads}; CPU: {cpu_kind(choice)}",
              "figures are vidiff / reference = ratio (median over repeats); load = from_pretrained, import = import of the",
              "library, its pipeline and component classes and transformers' CLIP", "",
              "| case | import s | load s | step s (median) | end-to-end s | peak RSS MB | max frame diff | GFLOP/step | GFLOP/s |",
