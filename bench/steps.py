@@ -10,6 +10,10 @@ inputs), then the two UNets are called in turn, vidiff, reference, vidiff, ... (
 both see the same machine. Reported: median step times, the median of the per-pair ratios with its min and max,
 the largest output difference between the two UNets, and FLOPs per step with achieved GFLOP/s. Both UNets get the
 whole [uncond, cond] batch (vidiff's pipelines split a large one in two calls, runtime.guidance; not here).
+
+``--dtype bfloat16`` (or float16) casts both UNets and their captured inputs to that dtype after the capture: the
+two libraries then differ by that dtype's rounding, so the table also gives each one's largest difference from the
+reference UNet's float32 output on the same inputs (the "error" column), and the matmul rate in that dtype.
 """
 
 from __future__ import annotations
@@ -62,7 +66,20 @@ def _sample(out):
     return (out[0] if isinstance(out, tuple) else out.sample).float()
 
 
-def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None = None) -> dict:
+def _cast(obj, dtype):
+    """``obj`` (tensors in nested tuples, lists and dicts) with its floating-point tensors cast to ``dtype``."""
+    import torch
+
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(v, dtype) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None = None, dtype: str = "float32") -> dict:
     import diffusers
     import torch
 
@@ -76,6 +93,14 @@ def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None =
     folder = bench.case_folder(case, cache)
     pipes = {lib.__name__: bench.load_pipeline(lib, spec["kind"], folder) for lib in (vidiff, diffusers)}
     inputs = {name: unet_inputs(pipe, spec) for name, pipe in pipes.items()}
+    gold = None
+    if dtype != "float32":  # the reference UNet's float32 output, then both UNets and their inputs in that dtype
+        with torch.inference_mode():
+            args, kwargs = inputs["diffusers"]
+            gold = _sample(pipes["diffusers"].unet(*args, **kwargs))
+        for name, pipe in pipes.items():
+            pipe.unet.to(getattr(torch, dtype))
+            inputs[name] = _cast(inputs[name], getattr(torch, dtype))
     times: dict[str, list[float]] = {name: [] for name in pipes}
     outs = {}
     with torch.inference_mode():
@@ -93,6 +118,8 @@ def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None =
     result = dict(case=case, vidiff_s=statistics.median(times["vidiff"]), reference_s=statistics.median(times["diffusers"]),
                   ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
                   diff=float((outs["vidiff"] - outs["diffusers"]).abs().max()))
+    if gold is not None:
+        result["error"] = {name: float((out - gold).abs().max()) for name, out in outs.items()}
     if flops:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -120,13 +147,14 @@ def parse_call(text: str) -> dict:
     return out
 
 
-def sgemm_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of an n x n float32 matrix product on this machine now, through MKL (torch's ``@``) and through
-    oneDNN (where it is built in): the better one is the practical arithmetic ceiling."""
+def sgemm_rates(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> dict[str, float]:
+    """GFLOP/s of an n x n matrix product (float32, or ``dtype``) on this machine now, through torch's ``@`` (MKL
+    in float32; in bfloat16 PyTorch itself calls oneDNN) and through oneDNN's product (where it is built in): the
+    better one is the practical arithmetic ceiling."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    kernels = {"MKL": lambda: a @ b}
+    a, b = torch.randn(n, n).to(getattr(torch, dtype)), torch.randn(n, n).to(getattr(torch, dtype))
+    kernels = {"MKL" if dtype == "float32" else "torch @": lambda: a @ b}
     if torch.backends.mkldnn.is_available():
         kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     rates = {}
@@ -149,6 +177,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
     ap.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per library)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="the UNets' dtype (cast after capturing their float32 inputs)")
     ap.add_argument("--call", default="", help="pipeline arguments to change, e.g. 'guidance_scale=1.0' or "
                     "'min_guidance_scale=1.0,max_guidance_scale=1.0' (Python literals)")
     args = ap.parse_args()
@@ -163,28 +193,31 @@ def main() -> None:
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    peak = [sgemm_rates()]
+    peak = [sgemm_rates(dtype=args.dtype)]
     rows = []
     for case in cases:
-        r = compare(case, args.cache, args.steps, flops=not args.no_flops, call=call)
+        r = compare(case, args.cache, args.steps, flops=not args.no_flops, call=call, dtype=args.dtype)
         rows.append(r)
         print(f"  {case}: vidiff {r['vidiff_s']:.3f}s reference {r['reference_s']:.3f}s ratio {r['ratio']:.2f}x", flush=True)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    peak.append(sgemm_rates())
+    peak.append(sgemm_rates(dtype=args.dtype))
     print(f"\nload average before: {load_before}; after: {load_after}; torch threads: {args.threads}; CPU: {bench.cpu_kind()}; "
-          f"{args.steps} alternating calls each"
+          f"{args.steps} alternating calls each; UNets in {args.dtype}"
           + (f"; call changed: {call}" if call else ""))
     rates = ", ".join(f"{k} {peak[0][k]:.0f} / {peak[1][k]:.0f}" for k in peak[0])
-    print(f"2048x2048 float32 matmul before / after: {rates} GFLOP/s (the better one: the practical ceiling)")
-    print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff | GFLOP/step | GFLOP/s |")
-    print("|---|---|---|---|---|---|")
+    print(f"2048x2048 {args.dtype} matmul before / after: {rates} GFLOP/s (the better one: the practical ceiling)")
+    half = args.dtype != "float32"
+    print("| case | step s vidiff / reference | ratio (median of pairs, min-max) | max UNet output diff |"
+          + (" error vs float32 vidiff / reference |" if half else "") + " GFLOP/step | GFLOP/s |")
+    print("|---|---|---|---|" + ("---|" if half else "") + "---|---|")
     for r in rows:
         fl = gf = "-"
         if "vidiff_gflop" in r:
             fl = f"{r['vidiff_gflop']:.1f} / {r['diffusers_gflop']:.1f}"
             gf = f"{r['vidiff_gflop'] / r['vidiff_s']:.1f} / {r['diffusers_gflop'] / r['reference_s']:.1f}"
+        err = f" {r['error']['vidiff']:.1e} / {r['error']['diffusers']:.1e} |" if half else ""
         print(f"| {r['case']} | {r['vidiff_s']:.3f} / {r['reference_s']:.3f} | {r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
-              f"{r['diff']:.1e} | {fl} | {gf} |")
+              f"{r['diff']:.1e} |{err} {fl} | {gf} |")
 
 
 if __name__ == "__main__":

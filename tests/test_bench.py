@@ -37,3 +37,13 @@ def test_phase_peaks_belong_to_their_phase():
     phases.enter("other")
     assert phases.peaks["decode"] - phases.peaks["unet"] > 200, phases.peaks
     assert set(phases.peaks) == {"other", "decode", "unet"}
+
+
+def test_cast_reaches_every_floating_tensor():
+    """steps.py --dtype: the captured UNet inputs, nested, with their floating-point tensors cast and the rest kept."""
+    import torch
+
+    ids = torch.arange(3)
+    args, kwargs = steps._cast(((torch.zeros(2), ids), {"added": {"time_ids": torch.ones(1)}, "n": 4}), torch.bfloat16)
+    assert args[0].dtype == torch.bfloat16 and args[1] is ids
+    assert kwargs["added"]["time_ids"].dtype == torch.bfloat16 and kwargs["n"] == 4

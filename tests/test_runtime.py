@@ -337,7 +337,7 @@ def test_gemm_convolution_through_onednn_is_conv2d(channels_last, monkeypatch):
 
 
 def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
-    from vidiff.runtime.conv import Conv2d, use_gemm
+    from vidiff.runtime.conv import DTYPES, Conv2d, use_gemm
 
     def case(n, c, o, hw, k=(3, 3), stride=1, pad=1, dtype=torch.float32, device="cpu"):
         x = torch.empty((n, c) + hw, dtype=dtype, device=device)
@@ -347,7 +347,9 @@ def test_gemm_convolution_is_chosen_for_wide_weights_on_small_maps():
     assert case(2, 1280, 1280, (4, 16), k=(3, 1), pad=(1, 0))  # SVD's frame convolution at the inner blocks
     assert not case(8, 320, 320, (16, 16))  # narrow weight: oneDNN's direct kernel
     assert not case(8, 1280, 1280, (16, 16))  # big map
-    assert not case(8, 1280, 1280, (4, 4), dtype=torch.bfloat16) and not case(8, 1280, 1280, (4, 4), device="meta")
+    assert not case(8, 1280, 1280, (4, 4), dtype=torch.float64) and not case(8, 1280, 1280, (4, 4), device="meta")
+    for half in (torch.bfloat16, torch.float16):  # where oneDNN runs them natively (runtime.conv.DTYPES)
+        assert case(8, 1280, 1280, (4, 4), dtype=half) == (half in DTYPES)
     w = torch.empty(1280, 1280, 3, 3).contiguous(memory_format=torch.channels_last)  # runtime.layout.channels_last
     assert not use_gemm(torch.empty(8, 1280, 4, 4), w, 1, 1)  # reshaping it would copy the weight on every call
     layer = Conv2d(4, 4, 3, padding=1, groups=2)  # grouped: nn.Conv2d's own forward
@@ -394,6 +396,35 @@ def test_packed_convolution_is_as_close_to_float64_as_the_reference(shape, o, ke
     err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, plain))
     assert err <= max(2 * ref_err, 1e-6), (err, ref_err)
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["packed", "gemm"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_convolutions_are_as_close_to_float64_as_the_reference(dtype, path, monkeypatch):
+    """In bfloat16 / float16 (where oneDNN runs them natively) the kept-weight and the product paths give F.conv2d's
+    values in that dtype: no further from float64 than F.conv2d's own (the product rounds once per output, as the
+    direct kernel), on odd-sized maps, a downsampler and a frame convolution."""
+    from vidiff.runtime import conv
+
+    if dtype not in conv.DTYPES:
+        pytest.skip(f"oneDNN does not run {dtype} natively on this CPU")
+    if path == "gemm":  # every convolution as a product, whatever its size
+        monkeypatch.setattr(conv, "GEMM_MIN_WEIGHT", 0)
+        monkeypatch.setattr(conv, "GEMM_MAX_POSITIONS", 1 << 30)
+    torch.manual_seed(0)
+    for shape, o, kernel, stride, padding in (((2, 32, 9, 7), 48, (3, 3), 1, 1), ((3, 16, 8, 8), 16, (3, 3), 2, 1),
+                                              ((2, 24, 5, 6), 24, (3, 1), 1, (1, 0))):
+        layer = conv.Conv2d(shape[1], o, kernel, stride=stride, padding=padding).eval().to(dtype)
+        x = torch.randn(shape, dtype=dtype)
+        with torch.no_grad(), _OpSpy() as spy:
+            got = layer(x)
+        assert ("_convolution_pointwise" if path == "packed" else "addmm") in spy.ops, spy.ops
+        assert got.dtype == dtype
+        with torch.no_grad():
+            plain = torch.nn.functional.conv2d(x, layer.weight, layer.bias, stride, padding)
+            exact = torch.nn.functional.conv2d(x.double(), layer.weight.double(), layer.bias.double(), stride, padding)
+        err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, plain))
+        assert err <= 1.5 * ref_err, (shape, err, ref_err)
 
 
 @pytest.mark.parametrize("shape, groups", [((2, 64, 9, 7), 32), ((3, 40, 4, 4), 4), ((1, 8, 5, 6), 8)])

@@ -9,7 +9,7 @@ viewed as an ``(out, in*kh*kw)`` matrix without a copy, by it: the same sums in 
 where :mod:`vidiff.runtime.linear` measured it the faster one (as on AMD Zen 4 and 5; on an Intel Xeon with AMX
 MKL's was).
 
-Every other CPU float32 convolution without autograd on a map of at most :data:`PACK_MAX_POSITIONS` positions
+Every other CPU convolution without autograd on a map of at most :data:`PACK_MAX_POSITIONS` positions
 goes to oneDNN with its weight reordered once (:func:`conv2d_packed`): the blocked copy is kept per weight
 (:data:`PACK_WEIGHTS`; one extra copy of those convolution weights in memory, rebuilt when the weight or the input
 shape changes) and the output comes back channels-last, oneDNN's own layout, which the following layers keep (no
@@ -17,6 +17,13 @@ transposes back and forth). Measured in one process, alternating: a t2v-full UNe
 svd-mid 0.95x; per layer 1.1-1.7x (640 -> 640 at 8x8: 84 -> 142 GFLOP/s). Larger maps (the VAE decoders) keep the
 per-call reorder, which their arithmetic hides: there the channels-last path raised svd-mid-256's peak RSS by
 50-100 MB. Elsewhere, on other devices and dtypes, with autograd, and under ``torch.compile``, it is ``F.conv2d``.
+
+Both paths take float32 and the half types oneDNN runs natively on the CPU (:data:`DTYPES`: bfloat16 and float16
+where ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` / ``_fp16_`` say so). In bfloat16 the per-call reorder
+weighs more, as the arithmetic is faster (Intel Xeon with AMX, 2 cores, 8 frames, 3x3): 1280 -> 1280 at 4x4 99 ->
+324 GFLOP/s as a product, at 2x2 28 -> 197; 320 -> 320 at 16x16 485 -> 584-663 with the kept weight, 640 -> 640 at
+8x8 260 -> 323-343. A t2v-full / svd-full UNet call in bfloat16 took 0.66x / 0.57x of the reference's time there,
+mid-size ones 0.93-1.0x of their time without. float16 (no AMX for it there) gained 1.0-2.6x per layer.
 
 :class:`Conv2d` is ``nn.Conv2d`` (same arguments, parameters and state-dict keys) with its forward going through
 :func:`conv2d`; the ResNet blocks, down- and upsamplers build their convolutions with it, and ``FrameConv`` calls
@@ -33,6 +40,18 @@ from torch import nn
 
 from .layout import is_channels_last
 from .linear import linear, use_onednn
+
+
+def _dtypes() -> tuple[torch.dtype, ...]:
+    """float32, and the half types oneDNN runs natively on this CPU (the convolution paths below take these)."""
+    out = [torch.float32]
+    if torch.backends.mkldnn.is_available():
+        out += [dt for dt, native in ((torch.bfloat16, torch.ops.mkldnn._is_mkldnn_bf16_supported),
+                                      (torch.float16, torch.ops.mkldnn._is_mkldnn_fp16_supported)) if native()]
+    return tuple(out)
+
+
+DTYPES = _dtypes()  # the dtypes :func:`conv2d`'s product and kept-weight paths run (others: F.conv2d)
 
 # Measured on 2 cores (AVX2, fp32): the product wins when the output map has at most this many positions
 # (batch x height x width) and the weight at least this many elements; below that oneDNN's direct kernel is
@@ -55,8 +74,8 @@ def _out_size(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> tuple[i
 
 
 def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool:
-    """Whether :func:`conv2d` runs this convolution as a matrix product (CPU, float32, big weight, small map)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or weight.numel() < GEMM_MIN_WEIGHT:
+    """Whether :func:`conv2d` runs this convolution as a matrix product (CPU, :data:`DTYPES`, big weight, small map)."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or x.dim() != 4 or weight.numel() < GEMM_MIN_WEIGHT:
         return False
     if not weight.is_contiguous():  # a channels-last weight is no (out, in*kh*kw) view: oneDNN takes it as it is
         return False
@@ -64,7 +83,7 @@ def use_gemm(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0) -> bool
     return x.shape[0] * oh * ow <= GEMM_MAX_POSITIONS
 
 
-PACK_WEIGHTS = True  # keep oneDNN's blocked copy of each CPU float32 convolution weight (see the module docstring)
+PACK_WEIGHTS = True  # keep oneDNN's blocked copy of each CPU convolution weight (see the module docstring)
 PACK_MAX_POSITIONS = 1 << 12  # input positions (batch x height x width) up to which the kept weight is used
 _PACKED: dict[int, tuple] = {}  # id(parameter) -> (key, sample, packed); an entry leaves with its parameter
 _MKLDNN = torch.backends.mkldnn.is_available()
@@ -74,7 +93,7 @@ _FINGERPRINT = 64  # weight values compared on every call: an edit through ``.da
 def use_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`conv2d` runs this convolution through oneDNN with a kept, reordered weight."""
     return (PACK_WEIGHTS and not torch.compiler.is_compiling() and _MKLDNN and torch.backends.mkldnn.enabled
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4
+            and x.device.type == "cpu" and x.dtype in DTYPES and weight.dtype == x.dtype and x.dim() == 4
             and not torch.is_grad_enabled() and x.shape[0] * x.shape[2] * x.shape[3] <= PACK_MAX_POSITIONS)
 
 
