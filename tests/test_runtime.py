@@ -657,7 +657,7 @@ def test_onednn_choice_is_measured_once(kind, shape, gain, margin, want, monkeyp
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
     monkeypatch.setattr(linear, "ONEDNN_WIDE", None)
     monkeypatch.setattr(linear, "ONEDNN_NARROW", None)
-    monkeypatch.setattr(linear, "measure", lambda shapes, repeats=7: calls.append(shapes) or gain + margin)
+    monkeypatch.setattr(linear, "measure", lambda shapes, repeats=7, rounds=3: calls.append(shapes) or gain + margin)
     x, w = torch.empty(4096, shape[1]), torch.empty(shape[0], shape[1])
     assert not linear.use_onednn(x, w) and not calls  # autograd on: not even measured
     with torch.no_grad():
@@ -679,9 +679,32 @@ def test_measure_times_both_kernels(kind):
 
     shapes = getattr(linear, f"{kind}_SHAPES")
     with _OpSpy() as spy:
-        ratio = linear.measure(shapes, repeats=1)
+        ratio = linear.measure(shapes, repeats=1, rounds=3)
     assert 0 < ratio < float("inf")
-    assert spy.ops.count("_linear_pointwise") == spy.ops.count("addmm") == 2 * len(shapes)  # F.linear: addmm
+    # a warm-up pass, then one timed pass per round (F.linear: addmm)
+    assert spy.ops.count("_linear_pointwise") == spy.ops.count("addmm") == 4 * len(shapes)
+
+
+def test_measure_takes_the_median_round(monkeypatch):
+    """One disturbed round (a stolen time slice makes F.linear look 4x slower in it) does not set the ratio."""
+    import time
+
+    from vidiff.runtime import linear
+
+    clock, calls = [0.0], []
+
+    def kernel(name, durations):
+        def run(*args):
+            calls.append(name)
+            clock[0] += durations[sum(c == name for c in calls) - 1]
+        return run
+
+    # one shape, repeats=1, rounds=3: a warm-up pass of both kernels, then one timed pass per round
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", kernel("onednn", [1, 1, 1, 1]), raising=False)
+    monkeypatch.setattr(linear.F, "linear", kernel("blas", [1, 1, 4, 1]))
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    assert linear.measure(((8, 4, 4),), repeats=1, rounds=3) == 1.0  # the rounds read 1, 0.25, 1
+    assert calls == ["onednn", "blas"] * 4
 
 
 @needs_onednn
