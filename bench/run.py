@@ -310,13 +310,15 @@ def _warm_page_cache(folder: Path) -> None:
 
 
 def kernel_choice() -> str:
-    """The matrix-product kernels vidiff.runtime.linear measured the faster in this process (measured now if not yet)."""
+    """The matrix-product kernels vidiff.runtime.linear measured the faster in this process (float32: measured now if
+    not yet; bfloat16: where a bfloat16 product measured it)."""
     from vidiff.runtime import linear
 
     if not linear.ONEDNN_LINEAR:
         return "F.linear everywhere"
     pick = lambda on: "oneDNN" if on else "MKL"  # noqa: E731
-    return f"matrix products wide {pick(linear.wide_onednn())}, narrow {pick(linear.narrow_onednn())}"
+    bf16 = "" if linear.ONEDNN_BF16 is None else f", bfloat16 {'oneDNN' if linear.ONEDNN_BF16 else 'F.linear'}"
+    return f"matrix products wide {pick(linear.wide_onednn())}, narrow {pick(linear.narrow_onednn())}{bf16}"
 
 
 def cpu_kind(choice: str | None = None) -> str:

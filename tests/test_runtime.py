@@ -418,7 +418,7 @@ def test_half_precision_convolutions_are_as_close_to_float64_as_the_reference(dt
         x = torch.randn(shape, dtype=dtype)
         with torch.no_grad(), _OpSpy() as spy:
             got = layer(x)
-        assert ("_convolution_pointwise" if path == "packed" else "addmm") in spy.ops, spy.ops
+        assert ("_convolution_pointwise" if path == "packed" else "im2col") in spy.ops, spy.ops
         assert got.dtype == dtype
         with torch.no_grad():
             plain = torch.nn.functional.conv2d(x, layer.weight, layer.bias, stride, padding)
@@ -631,8 +631,15 @@ def test_onednn_linear_choice(monkeypatch):
         assert not linear.use_onednn(x, w)  # wide weight, measured slower
         assert linear.use_onednn(torch.empty(4096, 128), torch.empty(512, 128)) == torch.backends.mkldnn.is_available()
         monkeypatch.setattr(linear, "ONEDNN_WIDE", True)
-        assert not linear.use_onednn(x.bfloat16(), w.bfloat16()) and not linear.use_onednn(x.to("meta"), w.to("meta"))
-        assert not linear.use_onednn(x.double(), w.double())
+        assert not linear.use_onednn(x.to("meta"), w.to("meta")) and not linear.use_onednn(x.double(), w.double())
+        monkeypatch.setattr(linear, "BF16", True)
+        monkeypatch.setattr(linear, "ONEDNN_BF16", False)
+        assert not linear.use_onednn(x.bfloat16(), w.bfloat16())  # bfloat16: its own measured choice
+        monkeypatch.setattr(linear, "ONEDNN_BF16", True)
+        assert linear.use_onednn(x.bfloat16(), w.bfloat16()) == torch.backends.mkldnn.is_available()
+        assert not linear.use_onednn(x.bfloat16(), w) and not linear.use_onednn(x.half(), w.half())
+        monkeypatch.setattr(linear, "BF16", False)  # oneDNN without native bfloat16 on this CPU
+        assert not linear.use_onednn(x.bfloat16(), w.bfloat16())
     assert not linear.use_onednn(x, w)  # autograd on: F.linear
     monkeypatch.setattr(linear, "ONEDNN_LINEAR", False)
     with torch.no_grad():
@@ -669,6 +676,48 @@ def test_onednn_choice_is_measured_once(kind, shape, gain, margin, want, monkeyp
     with torch.no_grad():
         assert linear.use_onednn(x, w) == (not want)
     assert len(calls) == 1
+
+
+def test_bf16_choice_is_measured_once_in_bf16(monkeypatch):
+    """The bfloat16 choice is measured on the first bfloat16 product that qualifies, on both shape sets in
+    bfloat16, against BF16_GAIN, then kept; float32 products do not measure it."""
+    from vidiff.runtime import linear
+
+    calls = []
+    monkeypatch.setattr(linear, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(linear, "BF16", True)
+    monkeypatch.setattr(linear, "ONEDNN_BF16", None)
+    monkeypatch.setattr(linear, "ONEDNN_WIDE", False)
+    monkeypatch.setattr(linear, "measure", lambda shapes, repeats=7, rounds=3, dtype=torch.float32:
+                        calls.append((shapes, dtype)) or linear.BF16_GAIN - 0.1)
+    x, w = torch.empty(4096, 1280), torch.empty(1280, 1280)
+    with torch.no_grad():
+        assert not linear.use_onednn(x, w) and not calls
+        for _ in range(3):
+            assert linear.use_onednn(x.bfloat16(), w.bfloat16()) == torch.backends.mkldnn.enabled
+    assert calls == [(linear.WIDE_SHAPES + linear.NARROW_SHAPES, torch.bfloat16)] and linear.ONEDNN_BF16 is True
+
+
+@needs_onednn
+def test_bf16_onednn_linear_is_as_close_to_float64_as_f_linear(monkeypatch):
+    """bfloat16 through oneDNN's product: F.linear's values in bfloat16 (no further from float64 than F.linear's)."""
+    from vidiff.runtime import linear
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN does not run bfloat16 natively on this CPU")
+    _onednn_everywhere(monkeypatch)
+    monkeypatch.setattr(linear, "BF16", True)
+    monkeypatch.setattr(linear, "ONEDNN_BF16", True)
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=g) for s in ((3, 37, 48), (40, 48), (40,)))
+    xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    with torch.no_grad(), _OpSpy() as spy:
+        got = linear.linear(xb, wb, bb)
+    assert "_linear_pointwise" in spy.ops and got.dtype == torch.bfloat16 and got.shape == (3, 37, 40)
+    exact = torch.nn.functional.linear(xb.double(), wb.double(), bb.double())
+    plain = torch.nn.functional.linear(xb, wb, bb)
+    err, ref_err = (float((t.double() - exact).abs().max()) for t in (got, plain))
+    assert err <= 1.5 * ref_err, (err, ref_err)
 
 
 @needs_onednn

@@ -12,15 +12,19 @@ fp32, a full-size UNet's shapes):
 So the choice is measured once per process on first use, separately for products at least :data:`ONEDNN_MIN_WIDTH`
 wide in and out (:func:`wide_onednn`, on :data:`WIDE_SHAPES`, about 0.2 s) and for narrower ones
 (:func:`narrow_onednn`, on :data:`NARROW_SHAPES`, the mid-size cases' 64-256 wide weights, about 30 ms): both kernels
-timed alternately (:func:`measure`, the median of three rounds), oneDNN taken only if it needs at most :data:`WIDE_GAIN` / :data:`NARROW_GAIN`
-of MKL's time. The narrow gain is stricter: on the Zen 4 the narrow products were 0.86-1.06x alone and, in place,
+timed alternately (:func:`measure`, the median of three rounds), oneDNN taken only if it needs at most
+:data:`WIDE_GAIN` / :data:`NARROW_GAIN` of MKL's time. The narrow gain is stricter: on the Zen 4 the narrow products were 0.86-1.06x alone and, in place,
 made those UNets 5-7% slower; on the Zen 5 oneDNN took 0.5x of MKL's time alone and the mid-size UNet calls
 0.78-0.93x. Setting :data:`ONEDNN_WIDE` / :data:`ONEDNN_NARROW` pins a choice without measuring. oneDNN also costs
 about 20 us more per call, so products of fewer than :data:`ONEDNN_MIN_MACS` multiply-adds (time embeddings, tiny
 layers) stay with ``F.linear``. The same sums in another order (differences around 1e-6 relative).
 
+bfloat16 products (where oneDNN runs them natively, :data:`BF16`) have a choice of their own, :func:`bf16_onednn`,
+measured on both shape sets in bfloat16 (:data:`BF16_GAIN`): on the Intel Xeon with AMX (session 13) oneDNN took
+0.75-0.78x of ``F.linear``'s time there, and in place the UNet calls 0.95-1.01x (t2v-mid, svd-full, t2v-full).
+
 On AVX2-only CPUs the same comparison was 0.7-1.7x depending on the shape and inconsistent from run to run, so
-there the choice is off (:data:`ONEDNN_LINEAR`). Also ``F.linear``: other devices and dtypes, autograd, and
+there the choice is off (:data:`ONEDNN_LINEAR`). Also ``F.linear``: other devices and dtypes (float16 among them), autograd, and
 ``torch.compile`` (which lowers linear layers itself).
 
 :class:`Linear` is ``nn.Linear`` (same arguments, parameters and state-dict keys; ``isinstance(m, nn.Linear)``
@@ -52,15 +56,21 @@ WIDE_GAIN = 0.95  # oneDNN's time / MKL's at most, on WIDE_SHAPES, for ONEDNN_WI
 NARROW_GAIN = 0.8  # the same on NARROW_SHAPES for ONEDNN_NARROW
 WIDE_SHAPES = ((1024, 320, 1280), (1024, 1280, 320))  # rows, inputs, outputs: a full-size feed-forward, in and out
 NARROW_SHAPES = ((2048, 64, 256), (512, 128, 128))  # a mid-size feed-forward and projection
+BF16 = ONEDNN_LINEAR and torch.ops.mkldnn._is_mkldnn_bf16_supported()  # oneDNN runs bfloat16 natively here
+ONEDNN_BF16: bool | None = None  # bfloat16 products through oneDNN; None: measured on first use (bf16_onednn)
+BF16_GAIN = 0.95  # oneDNN's time / F.linear's at most, on WIDE_SHAPES + NARROW_SHAPES in bfloat16
 
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` runs this product through oneDNN."""
-    return (ONEDNN_LINEAR and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
-            and x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    if not (ONEDNN_LINEAR and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling()
+            and x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype
             and weight.dim() == 2 and x.dim() >= 2 and not torch.is_grad_enabled()
-            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
-            and (wide_onednn() if min(weight.shape) >= ONEDNN_MIN_WIDTH else narrow_onednn()))
+            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS):
+        return False
+    if x.dtype == torch.float32:
+        return wide_onednn() if min(weight.shape) >= ONEDNN_MIN_WIDTH else narrow_onednn()
+    return x.dtype == torch.bfloat16 and BF16 and bf16_onednn()
 
 
 def wide_onednn() -> bool:
@@ -81,8 +91,17 @@ def narrow_onednn() -> bool:
     return ONEDNN_NARROW
 
 
-def measure(shapes, repeats: int = 7, rounds: int = 3) -> float:
-    """oneDNN's time over ``F.linear``'s on ``shapes`` (rows, inputs, outputs; float32, CPU, the current thread
+def bf16_onednn() -> bool:
+    """Whether bfloat16 products take oneDNN: :data:`ONEDNN_BF16`, measured like :func:`wide_onednn` on
+    :data:`WIDE_SHAPES` and :data:`NARROW_SHAPES` in bfloat16 (:data:`BF16_GAIN`)."""
+    global ONEDNN_BF16
+    if ONEDNN_BF16 is None:
+        ONEDNN_BF16 = measure(WIDE_SHAPES + NARROW_SHAPES, repeats=2, dtype=torch.bfloat16) <= BF16_GAIN
+    return ONEDNN_BF16
+
+
+def measure(shapes, repeats: int = 7, rounds: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """oneDNN's time over ``F.linear``'s on ``shapes`` (rows, inputs, outputs; ``dtype``, CPU, the current thread
     count): the two kernels timed alternately, best of ``repeats`` each, summed over the shapes; the median of
     ``rounds`` such ratios. On a shared VM (session 13: 17-36% of the CPU time stolen by the host) one round read
     0.26-0.48 where the others read 0.9-1.2: the median keeps one such round from setting the choice."""
@@ -92,8 +111,8 @@ def measure(shapes, repeats: int = 7, rounds: int = 3) -> float:
     g = torch.Generator().manual_seed(0)
     cases = []
     for rows, inputs, outputs in shapes:
-        x, w = torch.randn(rows, inputs, generator=g), torch.randn(outputs, inputs, generator=g)
-        b = torch.randn(outputs, generator=g)
+        x, w = torch.randn(rows, inputs, generator=g).to(dtype), torch.randn(outputs, inputs, generator=g).to(dtype)
+        b = torch.randn(outputs, generator=g).to(dtype)
         cases.append({"onednn": lambda x=x, w=w, b=b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
                       "blas": lambda x=x, w=w, b=b: F.linear(x, w, b)})
     ratios = []
