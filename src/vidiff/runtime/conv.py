@@ -22,8 +22,8 @@ Both paths take float32 and the half types oneDNN runs natively on the CPU (:dat
 where ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` / ``_fp16_`` say so). In bfloat16 the per-call reorder
 weighs more, as the arithmetic is faster (Intel Xeon with AMX, 2 cores, 8 frames, 3x3): 1280 -> 1280 at 4x4 99 ->
 324 GFLOP/s as a product, at 2x2 28 -> 197; 320 -> 320 at 16x16 485 -> 584-663 with the kept weight, 640 -> 640 at
-8x8 260 -> 323-343. A t2v-full / svd-full UNet call in bfloat16 took 0.66x / 0.57x of the reference's time there,
-mid-size ones 0.93-1.0x of their time without. float16 (no AMX for it there) gained 1.0-2.6x per layer.
+8x8 260 -> 323-343. t2v-full / svd-full UNet calls in bfloat16 took 0.59-0.64x of the reference's time there
+(``bench/steps.py --dtype bfloat16``; 0.935x before), mid-size ones 0.93-1.0x of their time without. float16 (no AMX for it there) gained 1.0-2.6x per layer.
 
 :class:`Conv2d` is ``nn.Conv2d`` (same arguments, parameters and state-dict keys) with its forward going through
 :func:`conv2d`; the ResNet blocks, down- and upsamplers build their convolutions with it, and ``FrameConv`` calls

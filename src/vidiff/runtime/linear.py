@@ -11,7 +11,7 @@ fp32, a full-size UNet's shapes):
 
 So the choice is measured once per process on first use, separately for products at least :data:`ONEDNN_MIN_WIDTH`
 wide in and out (:func:`wide_onednn`, on :data:`WIDE_SHAPES`, about 0.2 s) and for narrower ones
-(:func:`narrow_onednn`, on :data:`NARROW_SHAPES`, the mid-size cases' 64-256 wide weights, about 30 ms): both kernels
+(:func:`narrow_onednn`, on :data:`NARROW_SHAPES`, the mid-size cases' 64-256 wide weights, about 40 ms): both kernels
 timed alternately (:func:`measure`, the median of three rounds), oneDNN taken only if it needs at most
 :data:`WIDE_GAIN` / :data:`NARROW_GAIN` of MKL's time. The narrow gain is stricter: on the Zen 4 the narrow products were 0.86-1.06x alone and, in place,
 made those UNets 5-7% slower; on the Zen 5 oneDNN took 0.5x of MKL's time alone and the mid-size UNet calls
