@@ -69,14 +69,9 @@ def _sample(out):
 def _cast(obj, dtype):
     """``obj`` (tensors in nested tuples, lists and dicts) with its floating-point tensors cast to ``dtype``."""
     import torch
+    from torch.utils._pytree import tree_map
 
-    if torch.is_tensor(obj):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast(v, dtype) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _cast(v, dtype) for k, v in obj.items()}
-    return obj
+    return tree_map(lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t, obj)
 
 
 def compare(case: str, cache: Path, steps: int, flops: bool, call: dict | None = None, dtype: str = "float32") -> dict:
