@@ -231,6 +231,8 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
 
         channels_last(pipe.unet)
         channels_last(pipe.vae)
+    if lib == "vidiff" and os.environ.get("BENCH_STREAM") == "1":  # --stream
+        pipe.enable_weight_streaming()
     rss_after_load = _peak_rss_mb()
     pipe.set_progress_bar_config(disable=True)
 
@@ -290,9 +292,10 @@ def _step_times(calls: list[tuple[float, float]]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------- parent
-def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int, channels_last: bool = False) -> dict:
+def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int, channels_last: bool = False,
+                stream: bool = False) -> dict:
     env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1",
-               BENCH_CHANNELS_LAST="1" if channels_last else "0")
+               BENCH_CHANNELS_LAST="1" if channels_last else "0", BENCH_STREAM="1" if stream else "0")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--cases", case, "--folder", str(folder), "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -375,6 +378,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
     ap.add_argument("--json", type=Path, help="also write every raw figure here")
     ap.add_argument("--channels-last", action="store_true", help="vidiff runs with vidiff.runtime.layout.channels_last on its UNet and VAE")
+    ap.add_argument("--stream", action="store_true", help="vidiff runs with pipe.enable_weight_streaming() (vidiff.runtime.stream)")
     ap.add_argument("--worker", choices=("vidiff", "diffusers"), help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -400,7 +404,7 @@ def main() -> None:
             order = ("vidiff", "diffusers") if rep % 2 == 0 else ("diffusers", "vidiff")
             for lib in order:
                 out = runs / f"{case}-{lib}-{rep}.json"
-                res = _run_worker(lib, case, folder, out, args.threads, args.channels_last)
+                res = _run_worker(lib, case, folder, out, args.threads, args.channels_last, args.stream)
                 res["npy"] = str(out.with_suffix(".npy"))
                 results[case][lib].append(res)
                 print(f"  {case} {lib} #{rep}: load {res['load_s']:.2f}s step {res['step_s']:.3f}s e2e {res['e2e_s']:.2f}s "
@@ -409,7 +413,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print()
-    print(table(results, load_before, load_after, args.threads) + ("\nvidiff with channels-last UNet and VAE" if args.channels_last else ""))
+    print(table(results, load_before, load_after, args.threads) + ("\nvidiff with channels-last UNet and VAE" if args.channels_last else "")
+          + ("\nvidiff with pipe.enable_weight_streaming()" if args.stream else ""))
 
 
 if __name__ == "__main__":

@@ -208,7 +208,8 @@ def load_into_model(
     ``_init_non_persistent_buffers()`` re-creates buffers that are not in any checkpoint.
 
     ``supplied`` (model key -> tensor) provides the model's tensors that are not in the files (an AnimateDiff
-    UNet's motion modules, from the adapter): checked with the files' keys, copied with the files' dtype rule.
+    UNet's motion modules, from the adapter): checked with the files' keys, cast with the files' dtype rule, and
+    copied, or mapped again from their file where they are its unmodified pages (:func:`vidiff.runtime.stream.remap`).
     ``ignore_unexpected`` adds regexes of file keys to drop.
     """
     specs = read_tensor_shapes(files, allow_pickle=allow_pickle)
@@ -231,8 +232,15 @@ def load_into_model(
     state = {rename[k]: t for k, t in state.items() if rename[k] in model_tensors}
     cast = target_dtypes({k: TensorSpec(tuple(t.shape), t.dtype) for k, t in supplied.items()}, {k: k for k in supplied},
                          model_tensors, torch_dtype, keep)
+    # supplied tensors that are a file's unmodified pages are mapped again from it (no copy, and still independent
+    # of the model they came from); the others are copied
+    from ..runtime.stream import remap
+
+    same = {k: t.detach() for k, t in supplied.items() if t.device.type == "cpu" and cast.get(k, t.dtype) == t.dtype}
+    state.update(remap(same))
     for key, tensor in supplied.items():
-        state[key] = tensor.detach().to(device="cpu", dtype=cast.get(key, tensor.dtype), copy=True)
+        if key not in state:
+            state[key] = tensor.detach().to(device="cpu", dtype=cast.get(key, tensor.dtype), copy=True)
     assign_state_dict(model, state)
     del state
     materialize_leftovers(model, torch_dtype, keep)

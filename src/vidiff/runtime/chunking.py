@@ -57,10 +57,12 @@ COLUMN_BLOCK_BYTES = 4 << 20  # weight bytes per half-block (1280 inputs: 768 co
 
 def plain_linear(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer`` is a bare ``nn.Linear`` (or :class:`~vidiff.runtime.linear.Linear`) on the CPU that no hook
-    (LoRA, offload, user) watches, so that its weight may be used directly; otherwise callers call the layer."""
+    (LoRA, offload, user) watches, so that its weight may be used directly; otherwise callers call the layer. Hooks
+    marked ``vidiff_transparent`` (weight streaming's, which change no value) do not count."""
     return (type(layer) in (nn.Linear, Linear) and x.device.type == "cpu" and layer.weight.device.type == "cpu"
-            and not (layer._forward_hooks or layer._forward_pre_hooks)
-            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks))
+            and not any(not getattr(h, "vidiff_transparent", False) for h in layer._forward_hooks.values())
+            and not (layer._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                     or nn.modules.module._global_forward_pre_hooks))
 
 
 def gated_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
