@@ -36,8 +36,9 @@ OPTIONS: dict[str, tuple[Callable | None, dict]] = {
     "enable_vae_tiling": (lambda pipe: pipe.vae.enable_tiling(tile_sample_min_size=128, tile_latent_min_size=32), {}),
     "enable_forward_chunking": (lambda pipe: pipe.unet.enable_forward_chunking(chunk_size=1, dim=1), {}),
     "enable_attention_slicing": (lambda pipe: pipe.enable_attention_slicing(1), {}),
+    "enable_weight_streaming": (lambda pipe: pipe.enable_weight_streaming(), {}),
 }
-SVD_OPTIONS = ("plain", "decode_chunk_size=1", "enable_forward_chunking")  # its temporal VAE has no slicing / tiling
+SVD_OPTIONS = ("plain", "decode_chunk_size=1", "enable_forward_chunking", "enable_weight_streaming")  # its temporal VAE has no slicing / tiling
 
 
 class Phases:

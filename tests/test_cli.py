@@ -53,7 +53,22 @@ def test_upscale_runs_video_to_video(folder, tmp_path):
     assert len(frames) == 3 and frames[0].size == (32, 16)
 
 
+def test_stream_weights_gives_the_same_video(folder, tmp_path, monkeypatch):
+    from vidiff.pipelines.base import DiffusionPipeline
+
+    enabled = []
+    real = DiffusionPipeline.enable_weight_streaming
+    monkeypatch.setattr(DiffusionPipeline, "enable_weight_streaming", lambda self: (enabled.append(self), real(self))[1])
+    paths = [tmp_path / "a.gif", tmp_path / "b.gif"]
+    for p, extra in zip(paths, ([], ["--stream-weights"])):
+        assert main(["generate", "--model", str(folder), "--prompt", "x", *SMALL, "-o", str(p), *extra]) == 0
+    assert len(enabled) == 1 and enabled[0]._streaming
+    a, b = (np.stack([np.asarray(f) for f in load_video(str(p))]) for p in paths)
+    assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["--stream-weights", "--device", "cuda"], "for CPU runs"),
     (["--height", "17"], "multiple of"),
     (["--guidance", "nan"], "finite"),
     (["--output", "x.avi"], ".mp4 or .gif"),

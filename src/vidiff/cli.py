@@ -56,6 +56,8 @@ def _common(p: argparse.ArgumentParser, prompt_required: bool = True, default_mo
     p.add_argument("--variant", default=None, help='weight file variant to load, e.g. "fp16"')
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: an accelerator if present, else cpu)")
     p.add_argument("--cpu-offload", action="store_true", help="keep each component on the accelerator only while it runs")
+    p.add_argument("--stream-weights", action="store_true",
+                   help="CPU runs: each layer's weights stay in memory only while it runs (lower peak memory, a few %% slower)")
     p.add_argument("--decode-chunk-size", type=_positive_int, default=None, help="frames the VAE decodes at once (lower memory)")
     p.add_argument("--output", "-o", default=None, help="output .mp4 or .gif path (default: out.mp4)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -115,6 +117,10 @@ def _load(args: argparse.Namespace, kind: str):
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(_device(args.device))
+    if args.stream_weights:
+        if pipe._execution_device.type != "cpu":
+            raise CliError(f"--stream-weights is for CPU runs; this run is on {pipe._execution_device} (use --device cpu, or drop it)")
+        pipe.enable_weight_streaming()
     return pipe
 
 
@@ -124,6 +130,14 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value % 8:
             raise CliError(f"--{name} must be a multiple of 8, got {value}")
+    if args.stream_weights:  # a CPU option: refuse it before loading where the run would be elsewhere
+        from .runtime.offload import accelerator_device
+
+        if args.device and not args.device.startswith("cpu") and not args.cpu_offload:
+            raise CliError(f"--stream-weights is for CPU runs, not --device {args.device}")
+        if (args.cpu_offload or not args.device) and accelerator_device() is not None:
+            raise CliError("--stream-weights is for CPU runs and this run would use the accelerator; add --device cpu "
+                           "(without --cpu-offload) or drop --stream-weights")
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise CliError(f"--guidance must be a finite number, got {args.guidance}")
     for flag in ("noise_aug_strength", "min_guidance", "max_guidance"):
