@@ -195,6 +195,13 @@ def test_streaming_is_refused_with_a_warning_where_unsupported(monkeypatch, capl
     assert not any(m._forward_hooks for m in pipe.unet.modules())
 
 
+def test_a_compiled_model_is_refused_with_a_warning(tmp_path, caplog):
+    compiled = torch.compile(_mapped_mlp(tmp_path, n=2))
+    with caplog.at_level(logging.WARNING, logger="vidiff"):
+        assert stream.enable_weight_streaming(compiled) is None
+    assert "torch.compile" in caplog.text and not any(m._forward_hooks for m in compiled.modules())
+
+
 def test_release_skips_swapped_and_absent_pages(tmp_path, monkeypatch):
     """Only present, file-backed pages are handed back: a pagemap that says "swapped" or "anonymous" stops it."""
     layer = _mapped_linear(tmp_path)

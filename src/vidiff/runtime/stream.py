@@ -15,7 +15,8 @@ LoRA, an edit through ``.data``) has private copies of the pages it changed, whi
 away; ``/proc/self/pagemap`` tells the two apart, and such pages are kept. Weights that are no file's pages (cast
 to another dtype at load, built in memory, on an accelerator) are ordinary memory and are left alone, as are the
 oneDNN-reordered convolution weights that :mod:`vidiff.runtime.conv` keeps (``conv.PACK_WEIGHTS = False`` drops
-those too, at some speed). The results are the same to the bit: the same values are read. Linux only.
+those too, at some speed). The results are the same to the bit: the same values are read. Linux only, and not
+under ``torch.compile``: a compiled graph runs no Python hooks (a compiled model is refused with a warning).
 """
 
 from __future__ import annotations
@@ -286,6 +287,10 @@ def enable_weight_streaming(model: nn.Module) -> WeightStreaming | None:
     file-backed; none of it (weights cast at load, or moved) is worth a warning, as streaming then saves nothing."""
     if not supported():
         logger.warning("vidiff: weight streaming needs Linux (madvise and /proc/self/pagemap); the weights stay resident.")
+        return None
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+        logger.warning(f"vidiff: {type(model._orig_mod).__name__} is compiled (torch.compile), and a compiled graph runs "
+                       "no Python hooks, so its weights cannot stream; use weight streaming or torch.compile, not both.")
         return None
     if any(isinstance(getattr(getattr(h, "__wrapped__", None), "__self__", None), WeightStreaming) for h in model._forward_hooks.values()):
         return None
