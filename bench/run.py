@@ -157,16 +157,17 @@ def cpu_kernel_flops():
             torch.ops.mkldnn._convolution_pointwise: convolution, torch.ops.mkldnn._linear_pointwise: matmul}
 
 
-def load_pipeline(lib_mod, kind: str, folder: Path):
-    """The case's pipeline from its folder, with ``lib_mod`` (vidiff or diffusers)."""
+def load_pipeline(lib_mod, kind: str, folder: Path, dtype=None):
+    """The case's pipeline from its folder, with ``lib_mod`` (vidiff or diffusers); ``dtype``: ``torch_dtype``."""
     cls = getattr(lib_mod, PIPELINES[kind])
     reference = lib_mod.__name__ == "diffusers"
+    kw = {} if dtype is None else {"torch_dtype": dtype}
     if kind == "animatediff":
-        pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter"))
+        pipe = cls.from_pretrained(folder / "sd", motion_adapter=lib_mod.MotionAdapter.from_pretrained(folder / "adapter", **kw), **kw)
     elif kind == "t2v-zero" and reference:  # the reference insists on its SD components being named
-        pipe = cls.from_pretrained(folder, safety_checker=None, feature_extractor=None)
+        pipe = cls.from_pretrained(folder, safety_checker=None, feature_extractor=None, **kw)
     else:
-        pipe = cls.from_pretrained(folder)
+        pipe = cls.from_pretrained(folder, **kw)
     if kind == "i2vgen" and reference:  # its encode_prompt reads text_model, gone in transformers 5 (tests/test_i2vgen_xl.py)
         import types
 
@@ -224,7 +225,8 @@ def worker(lib: str, case: str, folder: Path, out: Path) -> None:
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pipe = load_pipeline(lib_mod, kind, folder)
+    dtype = os.environ.get("BENCH_DTYPE", "float32")  # --dtype
+    pipe = load_pipeline(lib_mod, kind, folder, None if dtype == "float32" else getattr(torch, dtype))
     load_s = time.perf_counter() - t0
     if lib == "vidiff" and os.environ.get("BENCH_CHANNELS_LAST") == "1":  # --channels-last
         from vidiff.runtime.layout import channels_last
@@ -293,9 +295,9 @@ def _step_times(calls: list[tuple[float, float]]) -> list[float]:
 
 # ---------------------------------------------------------------------------------------------------------- parent
 def _run_worker(lib: str, case: str, folder: Path, out: Path, threads: int, channels_last: bool = False,
-                stream: bool = False) -> dict:
+                stream: bool = False, dtype: str = "float32") -> dict:
     env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1",
-               BENCH_CHANNELS_LAST="1" if channels_last else "0", BENCH_STREAM="1" if stream else "0")
+               BENCH_CHANNELS_LAST="1" if channels_last else "0", BENCH_STREAM="1" if stream else "0", BENCH_DTYPE=dtype)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--cases", case, "--folder", str(folder), "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -378,6 +380,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/vidiff-bench"), help="where the random-weight folders live")
     ap.add_argument("--json", type=Path, help="also write every raw figure here")
     ap.add_argument("--channels-last", action="store_true", help="vidiff runs with vidiff.runtime.layout.channels_last on its UNet and VAE")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="both libraries load the weights in this dtype (torch_dtype; the folders hold float32, so it is a cast at load)")
     ap.add_argument("--stream", action="store_true", help="vidiff runs with pipe.enable_weight_streaming() (vidiff.runtime.stream)")
     ap.add_argument("--worker", choices=("vidiff", "diffusers"), help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -404,7 +408,7 @@ def main() -> None:
             order = ("vidiff", "diffusers") if rep % 2 == 0 else ("diffusers", "vidiff")
             for lib in order:
                 out = runs / f"{case}-{lib}-{rep}.json"
-                res = _run_worker(lib, case, folder, out, args.threads, args.channels_last, args.stream)
+                res = _run_worker(lib, case, folder, out, args.threads, args.channels_last, args.stream, args.dtype)
                 res["npy"] = str(out.with_suffix(".npy"))
                 results[case][lib].append(res)
                 print(f"  {case} {lib} #{rep}: load {res['load_s']:.2f}s step {res['step_s']:.3f}s e2e {res['e2e_s']:.2f}s "
@@ -414,7 +418,8 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
     print()
     print(table(results, load_before, load_after, args.threads) + ("\nvidiff with channels-last UNet and VAE" if args.channels_last else "")
-          + ("\nvidiff with pipe.enable_weight_streaming()" if args.stream else ""))
+          + ("\nvidiff with pipe.enable_weight_streaming()" if args.stream else "")
+          + (f"\nboth libraries in {args.dtype} (frame diff: vidiff vs the reference, both in {args.dtype})" if args.dtype != "float32" else ""))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 vidiff reads safetensors weights memory-mapped, without a copy: a parameter's values are the file's pages in the
 kernel's page cache, mapped into the process. Once every layer has run, all of them count in the process's resident
 memory, so a run's peak RSS holds the whole checkpoint (5.7 GB for SVD's float32 UNet) on top of the activations.
-:func:`enable_weight_streaming` hooks every layer that has parameters: after it runs, its weights' pages are handed
-back (``madvise(MADV_DONTNEED)``). They leave the process's resident set and stay in the page cache, from which the
-next call maps them back without a copy (minor faults: about 0.3 s for SVD's 5.7 GB UNet, releases included, on
-an Intel Xeon, 2 cores, against a 5 s step). The page cache is memory the kernel may reclaim: under memory pressure
-it drops those pages and reads them from the file again when they are next used, so a run needs little more
-resident memory than its activations and its largest layer.
+:func:`enable_weight_streaming` hooks every layer that has parameters: as layers finish, their weights' pages are
+handed back (``madvise(MADV_DONTNEED)``), in batches of :data:`BATCH_BYTES`, and all of them after the model's call.
+They leave the process's resident set and stay in the page cache, from which the next call maps them back without
+a copy (minor faults). For SVD's 5.7 GB UNet on an Intel Xeon, 2 cores, that is 0.3-0.4 s of a 5-7 s call
+handing pages back and about 0.2 s mapping them in again. The page cache is memory the kernel may reclaim: under
+memory pressure it drops those pages and reads them from the file again when they are next used, so a run needs
+little more resident memory than its activations and a batch of layers.
 
 Only pages that still hold the file's contents are handed back. A weight written in place after loading (a fused
 LoRA, an edit through ``.data``) has private copies of the pages it changed, which ``MADV_DONTNEED`` would throw
@@ -105,7 +106,7 @@ def _inside(pages: tuple[int, int], spans: list[FileMapping]) -> bool:
 
 
 def mapped_bytes(tensors: Iterable[torch.Tensor], spans: list[FileMapping] | None = None) -> int:
-    """How many bytes of these tensors' storages are pages of a mapped file (what streaming can hand back)."""
+    """How many bytes of these tensors' memory are pages of a mapped file (what streaming can hand back)."""
     spans = file_mappings() if spans is None else spans
     seen = {p for t in tensors if (p := _pages(t)) is not None and _inside(p, spans)}
     return sum(e - s for s, e in _merge(seen)) * _page_size()
@@ -135,11 +136,11 @@ class _Pagemap:
 
 
 def release(tensors: Iterable[torch.Tensor], pagemap: _Pagemap, mapped=None) -> int:
-    """Hand back the resident, unmodified file pages of these tensors' storages; returns the bytes handed back.
+    """Hand back the resident, unmodified file pages of these tensors' memory; returns the bytes handed back.
 
     A page is handed back when it is present and file-backed in the pagemap, i.e. holds a file's contents; pages
     written in place (private copies), swapped out or not present are left as they are. ``mapped`` (a function of a
-    storage's page range) filters out storages outside file mappings first, which saves reading their entries."""
+    tensor's page range) filters out tensors outside file mappings first, which saves reading their entries."""
     page, madvise, done = _page_size(), _madvise(), 0
     for first, end in _merge(p for t in tensors if (p := _pages(t)) is not None and (mapped is None or mapped(p))):
         flags = pagemap.entries(first, end)
@@ -200,8 +201,8 @@ def remap(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class WeightStreaming:
     """The hooks :func:`enable_weight_streaming` installed on one model; :meth:`remove` takes them off.
 
-    Which storages lie in file mappings is looked up in ``/proc/self/maps`` once per storage (a weight moved or
-    replaced has a new storage and is looked up again); the pagemap check in :func:`release` is what keeps
+    Whether a tensor lies in a file mapping is looked up in ``/proc/self/maps`` once per page range (a weight moved
+    or replaced has new addresses and is looked up again); the pagemap check in :func:`release` is what keeps
     changed pages, so a stale answer (a file unmapped, its addresses reused) can hand back nothing but file pages."""
 
     def __init__(self, model: nn.Module) -> None:
