@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not stream.supported(), reason="weight streaming
 
 def resident_pages(tensors) -> int:
     """How many pages of these tensors' memory are in the process's resident set (from /proc/self/pagemap)."""
-    pagemap, n = stream._Pagemap(), 0
+    pagemap, n = stream.Pagemap(), 0
     try:
         for first, end in stream._merge(p for t in tensors if (p := stream._pages(t)) is not None):
             n += int(((pagemap.entries(first, end) >> np.uint64(63)) & np.uint64(1)).sum())
@@ -206,7 +206,7 @@ def test_release_skips_swapped_and_absent_pages(tmp_path, monkeypatch):
     """Only present, file-backed pages are handed back: a pagemap that says "swapped" or "anonymous" stops it."""
     layer = _mapped_linear(tmp_path)
     touch([layer.weight])
-    pm = stream._Pagemap()
+    pm = stream.Pagemap()
     first, end = stream._pages(layer.weight)
     real = pm.entries(first, end)
     assert ((real >> np.uint64(61)) & np.uint64(1)).all()  # file-backed
@@ -247,3 +247,22 @@ def test_animatediff_motion_modules_are_mapped_from_the_adapter_file_not_copied(
     with torch.no_grad():
         unet_motion[key].add_(1.0)
     assert torch.equal(adapter[key], before) and not torch.equal(unet_motion[key], before)
+
+
+def test_a_cast_at_load_hands_the_file_pages_back(tmp_path, monkeypatch):
+    """Loading float32 files as bfloat16: each source tensor's mapped pages leave the resident set once it is cast
+    (the files stay mapped until the load ends, and would otherwise hold every page read), values unchanged."""
+    from vidiff.loading.weights import load_state_dict
+
+    torch.manual_seed(0)
+    tensors = {f"w{i}": torch.randn(256, 1024) for i in range(4)}
+    save_file(tensors, tmp_path / "w.safetensors")
+    after: list[int] = []
+    real = stream.release
+    monkeypatch.setattr(stream, "release", lambda ts, pm, *a: (n := real(ts, pm, *a), after.append(resident_pages(ts)))[0])
+    state = load_state_dict(tmp_path / "w.safetensors", dtype=torch.bfloat16)
+    assert after == [0, 0, 0, 0]
+    assert all(torch.equal(state[k], v.to(torch.bfloat16)) for k, v in tensors.items())
+    after.clear()
+    load_state_dict(tmp_path / "w.safetensors")  # no cast: the mapped tensors are the result, nothing is handed back
+    assert after == []

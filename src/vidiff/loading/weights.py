@@ -204,23 +204,28 @@ def load_state_dict(
 
     ``dtype``: a torch.dtype casts the floating tensors to it (integer/bool tensors keep theirs); a mapping
     ``{key: dtype}`` casts the listed keys (how ``from_pretrained`` follows the model's dtypes). Each tensor
-    is cast as it is read, so peak memory stays near one copy of the result. Pickle files (``.bin``) need
+    is cast as it is read and, on Linux, the pages it was read from are handed back (:class:`_Cast`), so peak
+    memory stays near one copy of the result. Pickle files (``.bin``) need
     ``allow_pickle=True`` and are read with ``torch.load(weights_only=True)``. Unreadable files raise
     :class:`CheckpointError` naming the file and the likely cause.
     """
     files, weight_map = expand_checkpoint_files(paths)
     device = str(device)
     state: dict[str, torch.Tensor] = {}
-    for path in files:
-        part: dict[str, torch.Tensor] = {}
-        if path.suffix == ".safetensors":
-            with _open_safetensors(path, device) as f:
-                for key in f.keys():
-                    part[key] = _cast(f.get_tensor(key), _target(key, _st_dtype(f, key), dtype))
-        else:
-            for key, t in _load_pickle(path, device, allow_pickle).items():
-                part[key] = _cast(t, _target(key, t.dtype, dtype))
-        _merge(state, part, path)
+    cast = _Cast(release=device == "cpu" and dtype is not None)
+    try:
+        for path in files:
+            part: dict[str, torch.Tensor] = {}
+            if path.suffix == ".safetensors":
+                with _open_safetensors(path, device) as f:
+                    for key in f.keys():
+                        part[key] = cast(f.get_tensor(key), _target(key, _st_dtype(f, key), dtype))
+            else:
+                for key, t in _load_pickle(path, device, allow_pickle).items():
+                    part[key] = cast(t, _target(key, t.dtype, dtype))
+            _merge(state, part, path)
+    finally:
+        cast.close()
     if weight_map is not None and state.keys() != weight_map.keys():
         missing, extra = sorted(weight_map.keys() - state.keys()), sorted(state.keys() - weight_map.keys())
         raise CheckpointError(f"shards do not match their index: keys listed but absent {missing[:10]}, keys present but unlisted {extra[:10]}")
@@ -233,6 +238,28 @@ def _st_dtype(f, key: str) -> torch.dtype:
 
 def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
+class _Cast:
+    """:func:`_cast`, handing the source's memory-mapped pages back once it is cast (CPU, Linux). The files stay mapped
+    until the load ends, and every page the casts read would otherwise stay resident until then: a float32 SVD UNet
+    loaded as bfloat16 peaked at 9.3 GB (5.7 GB of float32 pages, 2.9 GB of casts), as in the reference."""
+
+    def __init__(self, release: bool) -> None:
+        from ..runtime import stream
+
+        self.stream = stream
+        self.pagemap = stream.Pagemap() if release and stream.supported() else None
+
+    def __call__(self, t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        out = _cast(t, dtype)
+        if out is not t and self.pagemap is not None:
+            self.stream.release([t], self.pagemap)  # present, unmodified file pages only: nothing else is touched
+        return out
+
+    def close(self) -> None:
+        if self.pagemap is not None:
+            self.pagemap.close()
 
 
 # ---------------------------------------------------------------- writing

@@ -122,7 +122,7 @@ def _merge(ranges) -> list[tuple[int, int]]:
     return [(s, e) for s, e in out]
 
 
-class _Pagemap:
+class Pagemap:
     """This process's ``/proc/self/pagemap``, kept open."""
 
     def __init__(self) -> None:
@@ -135,7 +135,7 @@ class _Pagemap:
         os.close(self.fd)
 
 
-def release(tensors: Iterable[torch.Tensor], pagemap: _Pagemap, mapped=None) -> int:
+def release(tensors: Iterable[torch.Tensor], pagemap: Pagemap, mapped=None) -> int:
     """Hand back the resident, unmodified file pages of these tensors' memory; returns the bytes handed back.
 
     A page is handed back when it is present and file-backed in the pagemap, i.e. holds a file's contents; pages
@@ -156,7 +156,7 @@ def release(tensors: Iterable[torch.Tensor], pagemap: _Pagemap, mapped=None) -> 
     return done
 
 
-def _unmodified(pagemap: _Pagemap, pages: tuple[int, int]) -> bool:
+def _unmodified(pagemap: Pagemap, pages: tuple[int, int]) -> bool:
     """No page in the range is a private copy (written in place) or swapped out."""
     flags = pagemap.entries(*pages)
     present_anon = (flags & np.uint64(_PRESENT | _FILE)) == np.uint64(_PRESENT)
@@ -173,7 +173,7 @@ def remap(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     the file is a multiple of its element size."""
     if not supported():
         return {}
-    spans, pagemap, files, out = file_mappings(), _Pagemap(), {}, {}
+    spans, pagemap, files, out = file_mappings(), Pagemap(), {}, {}
     try:
         for key, t in tensors.items():
             pages = _pages(t)
@@ -208,7 +208,7 @@ class WeightStreaming:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.released = 0  # bytes handed back so far (pages mapped back in count again when handed back again)
-        self.pagemap = _Pagemap()
+        self.pagemap = Pagemap()
         self._verdicts: dict[tuple[int, int], bool] = {}
         self._pending: list[nn.Module] = []  # layers that ran since the last release, and their weights' bytes
         self._pending_bytes = 0
