@@ -12,8 +12,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vidiff
-from tiny import (ref_i2vgen_pipeline, ref_pix2pix_pipeline, ref_sd_controlnet_pipeline, ref_svd_pipeline, ref_t2v_pipeline,
-                  ref_t2v_zero_pipeline, save_ref_pipeline)
 from vidiff.runtime import offload
 
 warnings.filterwarnings("ignore")
@@ -29,21 +27,7 @@ def _photos(n: int, h: int = 16, w: int = 16, seed: int = 0) -> list[PIL.Image.I
     return [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-# ---------------------------------------------------------------------------------------------- one folder per component set
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runtime")
-    from test_pipeline_animatediff import write_adapter_folder, write_sd_folder
-
-    return {
-        "t2v": save_ref_pipeline(ref_t2v_pipeline(tmp), tmp / "t2v"),
-        "svd": save_ref_pipeline(ref_svd_pipeline(image_size=56), tmp / "svd"),
-        "i2vgen": save_ref_pipeline(ref_i2vgen_pipeline(tmp), tmp / "i2vgen"),
-        "sd": save_ref_pipeline(ref_t2v_zero_pipeline(tmp), tmp / "sd"),
-        "cn": save_ref_pipeline(ref_sd_controlnet_pipeline(tmp), tmp / "cn"),
-        "p2p": save_ref_pipeline(ref_pix2pix_pipeline(tmp), tmp / "p2p"),
-        "animatediff": (write_sd_folder(tmp), write_adapter_folder(tmp)),
-    }
+# `folders` (one folder per component set) is tests/conftest.py's, shared with tests/test_stream.py
 
 
 # pipeline class -> (folder, tiny call). Every pipeline class vidiff exports is here (checked below).

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import vidiff
-from test_runtime import CASES, _load, _run, folders  # noqa: F401  (the module-scoped fixture of tiny pipelines)
+from test_runtime import _load, _run  # (their folders: tests/conftest.py's session-wide `folders`)
 from vidiff.runtime import stream
 
 warnings.filterwarnings("ignore")

@@ -185,8 +185,8 @@ class DiffusionPipeline:
 
     def enable_weight_streaming(self) -> None:
         """CPU runs: each layer's memory-mapped weights stay resident only while it runs (they wait in the page
-        cache in between), so the peak memory is about the activations and the largest layer; same frames, a few
-        percent slower (:mod:`vidiff.runtime.stream`). Linux only; elsewhere a warning says the weights stay."""
+        cache in between), so the peak memory is about the activations and a batch of layers; same frames, up to
+        about 10% slower (:mod:`vidiff.runtime.stream`). Linux only; elsewhere a warning says the weights stay."""
         streaming = self.__dict__.setdefault("_streaming", {})
         for name, module in self._modules().items():
             if name in streaming and streaming[name].model is module:

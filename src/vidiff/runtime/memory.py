@@ -27,13 +27,21 @@ from torch import nn
 
 
 @functools.lru_cache(maxsize=None)
-def _malloc_trim():
+def libc() -> ctypes.CDLL | None:
+    """The C library on Linux (errno kept for ``ctypes.get_errno``), or None elsewhere or when it cannot be loaded."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    try:
+        trim = libc().malloc_trim
+    except AttributeError:  # no libc, or not glibc
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim

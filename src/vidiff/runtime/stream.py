@@ -26,13 +26,15 @@ import ctypes
 import functools
 import logging
 import os
-import sys
+import weakref
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from .memory import libc
 
 logger = logging.getLogger("vidiff")
 
@@ -52,15 +54,14 @@ def _page_size() -> int:
 
 @functools.lru_cache(maxsize=None)
 def _madvise():
-    libc = ctypes.CDLL(None, use_errno=True)
-    madvise = libc.madvise
+    madvise = libc().madvise
     madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     return madvise
 
 
 def supported() -> bool:
-    """Whether this system can stream weights (Linux, with a readable ``/proc/self/pagemap``)."""
-    return sys.platform.startswith("linux") and os.access("/proc/self/pagemap", os.R_OK)
+    """Whether this system can stream weights (Linux's C library, and a readable ``/proc/self/pagemap``)."""
+    return libc() is not None and os.access("/proc/self/pagemap", os.R_OK)
 
 
 class FileMapping(NamedTuple):
@@ -215,6 +216,7 @@ class WeightStreaming:
         # after each module with weights of its own or in its direct children: those weights (a parent may read a
         # child's weight without calling it, as GEGLU's column-blocked product does); after the model: all of them
         self._sizes: dict[int, int] = {}
+        _STREAMING[model] = self
         self.handles = [model.register_forward_hook(_transparent(self._after_model))]
         for layer in model.modules():
             size = sum(t.numel() * t.element_size() for t in _layer_tensors(layer))
@@ -260,6 +262,11 @@ class WeightStreaming:
             handle.remove()
         self.handles = []
         self.pagemap.close()
+        if _STREAMING.get(self.model) is self:
+            del _STREAMING[self.model]
+
+
+_STREAMING: weakref.WeakKeyDictionary[nn.Module, WeightStreaming] = weakref.WeakKeyDictionary()  # model -> its hooks
 
 
 def _transparent(hook):
@@ -293,7 +300,7 @@ def enable_weight_streaming(model: nn.Module) -> WeightStreaming | None:
         logger.warning(f"vidiff: {type(model._orig_mod).__name__} is compiled (torch.compile), and a compiled graph runs "
                        "no Python hooks, so its weights cannot stream; use weight streaming or torch.compile, not both.")
         return None
-    if any(isinstance(getattr(getattr(h, "__wrapped__", None), "__self__", None), WeightStreaming) for h in model._forward_hooks.values()):
+    if model in _STREAMING:
         return None
     tensors = _tensors(model)
     total = sum(t.numel() * t.element_size() for t in tensors if t.device.type == "cpu")
